@@ -1,0 +1,52 @@
+"""Alembic environment for usersync.
+
+The URL comes from the Config (set by `usersync db …`), else from -x url=…, else from
+DATABASE_URL, else the embedded local server: the same rules as the CLI.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from pyapp import config as usersync_config
+from pyapp.migrate import VERSION_TABLE
+
+cfg = context.config
+
+
+def _url() -> str:
+    url = cfg.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    x_url = context.get_x_argument(as_dictionary=True).get("url")
+    return usersync_config.resolve(x_url).sqlalchemy_url
+
+
+def run_offline() -> None:
+    context.configure(
+        url=cfg.get_main_option("sqlalchemy.url") or "postgresql+psycopg://",
+        literal_binds=True,
+        version_table=VERSION_TABLE,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            version_table=VERSION_TABLE,
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,82 @@
+"""Programmatic Alembic: what `usersync db …` runs, and the helpers the revisions use.
+
+Each revision applies a frozen SQL file stored beside it (migrations/versions/NNNN_*.sql) and
+checks its SHA-256, so an old revision always creates what it created when it was written,
+whatever sql/ holds today.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from pyapp.config import Database
+
+VERSION_TABLE = "usersync_alembic_version"
+
+
+def alembic_config(db: Database | None, *, output_buffer: io.StringIO | None = None) -> Config:
+    cfg = Config(output_buffer=output_buffer) if output_buffer is not None else Config()
+    cfg.set_main_option("script_location", str(resources.files("pyapp.migrations")))
+    if db is not None:
+        # '%' is interpolation syntax in Alembic's config parser.
+        cfg.set_main_option("sqlalchemy.url", db.sqlalchemy_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    command.upgrade(alembic_config(db), revision)
+
+
+def downgrade(db: Database, revision: str) -> None:
+    command.downgrade(alembic_config(db), revision)
+
+
+def upgrade_sql(revision: str = "head", start: str | None = None) -> str:
+    """The SQL of an upgrade, for a DBA to review and apply with psql (Alembic offline mode)."""
+    out = io.StringIO()
+    cfg = alembic_config(None, output_buffer=out)
+    cfg.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    command.upgrade(cfg, f"{start}:{revision}" if start else revision, sql=True)
+    return out.getvalue()
+
+
+def current(db: Database) -> str | None:
+    import psycopg
+
+    with psycopg.connect(db.conninfo) as conn:
+        exists = conn.execute("select to_regclass(%s)", (f"public.{VERSION_TABLE}",)).fetchone()
+        if not exists or exists[0] is None:
+            return None
+        row = conn.execute(f"select version_num from public.{VERSION_TABLE}").fetchone()
+        return row[0] if row else None
+
+
+def frozen_sql(revision_file: str, name: str, sha256: str) -> str:
+    """The frozen SQL stored beside a revision, refusing a file that was edited after the fact."""
+    text = (Path(revision_file).parent / name).read_text(encoding="utf-8")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(
+            f"{name} changed after its revision was written (sha256 {digest}, expected {sha256}); "
+            "a released migration must not change: put the change in a new revision"
+        )
+    return text
+
+
+def run_sql(text: str) -> None:
+    """Run a multi-statement SQL script inside the migration's transaction."""
+    import sqlalchemy as sa
+    from alembic import context, op
+
+    if context.is_offline_mode():
+        # Colons are bind markers for SQLAlchemy's text(); escape them so the script prints as written.
+        op.execute(sa.text(text.replace(":", "\\:")))
+        return
+    # The raw psycopg connection takes several statements at once; the transaction is Alembic's.
+    op.get_bind().connection.driver_connection.execute(text)

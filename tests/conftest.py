@@ -1,0 +1,81 @@
+"""Test harness: a real PostgreSQL (chosen in tests/harness.py), one template database with
+the migrations applied, and a fresh clone of it for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import harness
+from pyapp.config import Database
+
+_server: harness.Server | None = None
+
+
+def _get_server() -> harness.Server:
+    global _server
+    if _server is None:
+        _server = harness.choose_server()
+        harness.drop_stale_databases(_server)
+        harness.ensure_test_roles(_server)
+    return _server
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"usersync test server: {_get_server().describe()}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None and _server.handle is not None:
+        _server.handle.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> harness.Server:
+    return _get_server()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: harness.Server) -> Iterator[str]:
+    name = harness.build_template(pg_server)
+    yield name
+    pg_server.janitor(name, as_template=True).drop()
+
+
+@pytest.fixture
+def dbname(pg_server: harness.Server, template_db: str) -> Iterator[str]:
+    with harness.cloned_database(pg_server, template_db) as name:
+        yield name
+
+
+@pytest.fixture
+def database(pg_server: harness.Server, dbname: str) -> Database:
+    """The test's database as the superuser, in the form the CLI and the migrations take."""
+    return Database(pg_server.conninfo(dbname), "test database")
+
+
+def _connect(pg_server: harness.Server, dbname: str, **params: str) -> psycopg.Connection:
+    return psycopg.connect(pg_server.conninfo(dbname, **params), autocommit=True)
+
+
+@pytest.fixture
+def conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Connection]:
+    """A superuser connection (autocommit) to the test's own database."""
+    with _connect(pg_server, dbname) as c:
+        yield c
+
+
+@pytest.fixture
+def app_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Connection]:
+    """An application's connection: plain DML on users and contacts, nothing else."""
+    with _connect(pg_server, dbname, user=harness.APP_ROLE, password=harness.ROLE_PASSWORD) as c:
+        yield c
+
+
+@pytest.fixture
+def admin_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Connection]:
+    """An administrator's connection: a member of usersync_admin, not a superuser."""
+    with _connect(pg_server, dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD) as c:
+        yield c

@@ -1,0 +1,143 @@
+"""Which PostgreSQL the tests use, and the databases they get from it.
+
+Order: USERSYNC_TEST_DSN (or PGHOST/PGPORT) when set; else a server answering on
+127.0.0.1:5432; else a private temporary server from the `embedded` extra, on /dev/shm
+when it exists. Probes use a 2 s connect timeout, never a long retry loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+from psycopg import sql
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from pyapp import migrate, server
+from pyapp.config import Database
+
+CONNECT_TIMEOUT = 2
+APP_ROLE = "usersync_test_app"
+ADMIN_ROLE = "usersync_test_admin"
+ROLE_PASSWORD = "usersync-test"  # only for servers that ask; trust servers ignore it
+
+
+@dataclass
+class Server:
+    params: dict[str, Any]
+    origin: str
+    version: str = ""
+    handle: server.LocalServer | None = None
+    _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def conninfo(self, dbname: str | None = None, **overrides: Any) -> str:
+        params = {**self.params, **overrides}
+        if dbname:
+            params["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**params)
+
+    def janitor(self, dbname: str, **kwargs: Any) -> DatabaseJanitor:
+        return DatabaseJanitor(
+            user=self.params.get("user") or os.environ.get("PGUSER") or "postgres",
+            host=self.params.get("host") or os.environ.get("PGHOST") or "localhost",
+            port=self.params.get("port") or os.environ.get("PGPORT") or 5432,
+            password=self.params.get("password"),
+            dbname=dbname,
+            connection_timeout=CONNECT_TIMEOUT,
+            **kwargs,
+        )
+
+    def describe(self) -> str:
+        where = self.params.get("host") or os.environ.get("PGHOST") or "default host"
+        port = self.params.get("port") or os.environ.get("PGPORT") or ""
+        return f"PostgreSQL {self.version} at {where}{':' + str(port) if port else ''} ({self.origin})"
+
+    def next_dbname(self, kind: str) -> str:
+        return f"usersync_{kind}_{os.getpid()}_{next(self._counter)}"
+
+
+def _probe(params: dict[str, Any]) -> str:
+    with psycopg.connect(psycopg.conninfo.make_conninfo(connect_timeout=CONNECT_TIMEOUT, **params)) as conn:
+        row = conn.execute(
+            "select current_setting('server_version'), rolsuper from pg_roles where rolname = current_user"
+        ).fetchone()
+    assert row is not None
+    if not row[1]:
+        raise RuntimeError(f"the test server must be reached as a superuser (it creates roles): {params}")
+    return str(row[0])
+
+
+def choose_server() -> Server:
+    dsn = os.environ.get("USERSYNC_TEST_DSN")
+    if dsn:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        return Server(params, "USERSYNC_TEST_DSN", _probe(params))
+    if os.environ.get("PGHOST") or os.environ.get("PGPORT"):
+        params = {"dbname": os.environ.get("PGDATABASE", "postgres")}
+        return Server(params, "PGHOST/PGPORT", _probe(params))
+    local = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+    try:
+        return Server(local, "answering on 127.0.0.1:5432", _probe(local))
+    except psycopg.OperationalError:
+        pass
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    datadir = Path(tempfile.mkdtemp(prefix="usersync-test-", dir=base)) / "pgdata"
+    handle = server.start(datadir, keep=False)
+    params = psycopg.conninfo.conninfo_to_dict(handle.conninfo())
+    return Server(params, f"private embedded server in {datadir.parent}", _probe(params), handle)
+
+
+def drop_stale_databases(srv: Server) -> None:
+    """Databases left by killed test runs on this machine (their PID is gone)."""
+    with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("select datname from pg_database where datname ~ '^usersync_(t|tmpl)_'")]
+        for name in names:
+            match = re.match(r"usersync_(?:t|tmpl)_(\d+)_", name)
+            if match and not server._pid_alive(int(match.group(1))):
+                janitor = srv.janitor(name, as_template=name.startswith("usersync_tmpl_"))
+                janitor.drop()
+
+
+def ensure_test_roles(srv: Server) -> None:
+    """Cluster-wide login roles: an application (plain DML) and an administrator (usersync_admin)."""
+    with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
+        for role in (APP_ROLE, ADMIN_ROLE):
+            exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("create role {} login password {}").format(
+                    sql.Identifier(role), sql.Literal(ROLE_PASSWORD)))
+
+
+def build_template(srv: Server) -> str:
+    """A database with the migrations applied and the test roles granted; tests clone it."""
+    name = srv.next_dbname("tmpl")
+    janitor = srv.janitor(name, as_template=True)
+    janitor.init()
+    db = Database(srv.conninfo(name), "test template")
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("grant usersync_admin to {}").format(sql.Identifier(ADMIN_ROLE)))
+        conn.execute(sql.SQL(
+            "grant select, insert, update, delete, truncate on public.users, public.contacts to {}, {}"
+        ).format(sql.Identifier(APP_ROLE), sql.Identifier(ADMIN_ROLE)))
+    return name
+
+
+@contextmanager
+def cloned_database(srv: Server, template: str) -> Iterator[str]:
+    name = srv.next_dbname("t")
+    janitor = srv.janitor(name, template_dbname=template)
+    janitor.init()
+    try:
+        yield name
+    finally:
+        janitor.drop()

@@ -1,0 +1,55 @@
+"""`usersync db …` and `usersync demo` against the real server."""
+
+from __future__ import annotations
+
+import psycopg
+from typer.testing import CliRunner
+
+import harness
+from pyapp import cli, migrate
+from pyapp.config import Database
+
+runner = CliRunner()
+
+
+def _fresh(pg_server: harness.Server) -> tuple[Database, object]:
+    name = pg_server.next_dbname("t")
+    janitor = pg_server.janitor(name)
+    janitor.init()
+    return Database(pg_server.conninfo(name), "cli test"), janitor
+
+
+def test_db_upgrade_current_downgrade_through_the_cli(pg_server: harness.Server):
+    db, janitor = _fresh(pg_server)
+    try:
+        url = db.sqlalchemy_url  # the SQLAlchemy form is accepted as well as libpq's
+        result = runner.invoke(cli.app, ["db", "current", "--database-url", url])
+        assert result.exit_code == 0 and result.stdout.strip() == "base"
+        result = runner.invoke(cli.app, ["db", "upgrade", "--database-url", url])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli.app, ["db", "current"], env={"DATABASE_URL": db.conninfo})
+        assert result.stdout.strip() == migrate.current(db) != "base"
+        result = runner.invoke(cli.app, ["db", "downgrade", "base", "--database-url", url])
+        assert result.exit_code == 0, result.output
+        assert migrate.current(db) is None
+    finally:
+        janitor.drop()
+
+
+def test_db_upgrade_sql_prints_the_script_without_a_database():
+    result = runner.invoke(cli.app, ["db", "upgrade", "--sql"], env={"DATABASE_URL": ""})
+    assert result.exit_code == 0
+    assert "create schema if not exists usersync" in result.stdout
+    assert result.stdout.rstrip().endswith("COMMIT;")
+
+
+def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
+    db, janitor = _fresh(pg_server)
+    try:
+        result = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
+        assert result.exit_code == 0, result.output
+        assert "psql" in result.stdout
+        with psycopg.connect(db.conninfo) as conn:
+            assert conn.execute("select to_regnamespace('usersync') is not null").fetchone() == (True,)
+    finally:
+        janitor.drop()
