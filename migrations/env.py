@@ -27,6 +27,8 @@ def run_offline() -> None:
     context.configure(
         url=cfg.get_main_option("sqlalchemy.url") or "postgresql+psycopg://",
         literal_binds=True,
+        # "named" keeps % signs as written (pyformat would double them in format() calls).
+        dialect_opts={"paramstyle": "named"},
         version_table=VERSION_TABLE,
         transaction_per_migration=True,
     )

@@ -62,11 +62,14 @@ def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
         snap[name] = sorted(rows, key=repr)
     # Configuration rows are part of the install (the default mapping, the settings row).
     tables = conn.execute(
-        "select format('%%I.%%I', schemaname, tablename) from pg_tables where schemaname = 'usersync'"
+        "select quote_ident(schemaname) || '.' || quote_ident(tablename) from pg_tables where schemaname = 'usersync'"
         " order by 1").fetchall()
     for (table,) in tables:
         if table in ('usersync.sync_errors',):
             continue
-        rows = conn.execute(f"select to_jsonb(t)::text from {table} t").fetchall()
+        # Timestamps say when, not what: left out.
+        rows = conn.execute(
+            f"select (select jsonb_object_agg(key, value) from jsonb_each(to_jsonb(t)) where key not like '%_at')::text"
+            f" from {table} t").fetchall()
         snap[f"rows of {table}"] = sorted(rows)
     return snap

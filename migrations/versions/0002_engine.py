@@ -1,0 +1,28 @@
+"""engine: mapping, links, generated sync functions, triggers on the modules, DDL guard, grants.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from pyapp.migrate import frozen_sql, run_sql
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+SHA256 = "f0757d7e773a765bf627e90ea26d8a378877b6fe9f326089ec7d4eac2297c758"
+
+
+def upgrade() -> None:
+    run_sql(frozen_sql(__file__, "0002_engine.sql", sha256=SHA256))
+
+
+def downgrade() -> None:
+    # Everything of the engine lives in schema usersync (the triggers on the modules depend on its
+    # functions and go with it); then the schema of revision 0001 is put back as it was.
+    run_sql("drop schema usersync cascade;"
+            " revoke all on public.users, public.contacts from usersync_engine;"
+            " revoke all on sequence public.contacts_id_seq from usersync_engine;")
+    run_sql(frozen_sql(__file__, "0001_modules.sql",
+                       sha256="5490f0a953465e4c0f6ebddd0c3b1f7703ec0704f91393a1d0a04d07c1c728f2"))

@@ -1,0 +1,100 @@
+-- 20_catalog.sql: the engine's configuration and state, as tables with constraints.
+--
+-- modules        which tables are the Users and Contacts modules (the engine reads names and
+--                columns from here and from the catalog, never from hard-coded lists)
+-- settings       the two delete toggles, one row
+-- field_mapping  which user field fills which contact field (validated in 30_mapping.sql)
+-- mapping_state  a version number bumped by every mapping change ("up to date" compares it)
+-- links          one row per user that has (or had) a contact; active = the switch is on
+-- sync_errors    the last failure of each pair during "Update all synchronized users"
+-- resync_state   the cursor of the current or last resync_all run, so a rerun resumes
+
+create table if not exists usersync.modules (
+    module        text primary key check (module in ('users', 'contacts')),
+    relation      regclass not null unique,
+    key_column    name not null,
+    switch_column name,
+    check ((module = 'users') = (switch_column is not null))
+);
+comment on table usersync.modules is 'The tables the engine keeps in step; key and switch columns are not metadata fields';
+insert into usersync.modules (module, relation, key_column, switch_column)
+values ('users', 'public.users', 'id', 'sync_to_contact'),
+       ('contacts', 'public.contacts', 'id', null)
+on conflict (module) do nothing;
+
+create table if not exists usersync.settings (
+    singleton                boolean primary key default true check (singleton),
+    delete_contact_with_user boolean not null default false,
+    delete_user_with_contact boolean not null default false
+);
+comment on table usersync.settings is 'Delete behaviour; exactly one row, changed with UPDATE';
+comment on column usersync.settings.delete_contact_with_user is 'Delete contact when user is deleted';
+comment on column usersync.settings.delete_user_with_contact is 'Delete user when contact is deleted (reversed pairs)';
+insert into usersync.settings default values on conflict do nothing;
+
+create table if not exists usersync.field_mapping (
+    user_field    text primary key,
+    contact_field text not null unique
+);
+comment on table usersync.field_mapping is
+    'One row per mapped pair; edit with INSERT/UPDATE/DELETE; usersync.reset_field_mapping() restores the default';
+
+create table if not exists usersync.mapping_state (
+    singleton  boolean primary key default true check (singleton),
+    version     bigint not null default 1,
+    changed_at  timestamptz not null default pg_catalog.now(),
+    field_types jsonb not null default '{}'  -- mapped fields' types at the last generation (60_ddl_guard.sql)
+);
+
+create table if not exists usersync.links (
+    user_id         bigint primary key,
+    contact_id      bigint not null unique,
+    source          text not null default 'user' check (source in ('user', 'contact')),
+    active          boolean not null default true,
+    mapping_version bigint not null,
+    synced_at       timestamptz not null default pg_catalog.now()
+);
+comment on table usersync.links is
+    'User-contact pairs. Inactive rows remember the contact of a user whose switch is off, so re-enabling re-links it';
+comment on column usersync.links.synced_at is 'Last full sync of the pair under the mapping version it records';
+-- Guards ask "is there any reversed pair at all?" before joining; this keeps that question O(1).
+create index if not exists links_reversed on usersync.links (user_id) where active and source = 'contact';
+create index if not exists links_stale on usersync.links (mapping_version) where active;
+
+create table if not exists usersync.sync_errors (
+    user_id     bigint primary key,
+    contact_id  bigint,
+    field       text,
+    sqlstate    text not null,
+    message     text not null,
+    occurred_at timestamptz not null default pg_catalog.now()
+);
+comment on table usersync.sync_errors is
+    'Pairs that failed during resync_all, with the reason; a row is cleared when its pair next syncs';
+
+create table if not exists usersync.resync_state (
+    singleton       boolean primary key default true check (singleton),
+    started_at      timestamptz not null,
+    finished_at     timestamptz,
+    mapping_version bigint not null,
+    after_user_id   bigint,
+    total           bigint not null,
+    synced          bigint not null default 0,
+    failed          bigint not null default 0
+);
+comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
+
+create or replace view usersync.metadata_fields as
+select m.module,
+       a.attname::text as field,
+       pg_catalog.format_type(a.atttypid, a.atttypmod) as data_type,
+       coalesce(pg_catalog.col_description(a.attrelid, a.attnum), a.attname::text) as label,
+       a.attnum as position
+  from usersync.modules m
+  join pg_catalog.pg_attribute a on a.attrelid = m.relation
+ where a.attnum > 0
+   and not a.attisdropped
+   and a.attgenerated = ''
+   and a.attname <> m.key_column
+   and a.attname is distinct from m.switch_column;
+comment on view usersync.metadata_fields is 'The live catalog of both modules'' metadata fields';

@@ -1,0 +1,186 @@
+-- 30_mapping.sql: validating the field mapping, the default mapping, and what a change sets off.
+--
+-- Admins edit usersync.field_mapping with plain INSERT/UPDATE/DELETE. Every row is checked
+-- here (US003 on anything invalid); every statement that changes the mapping bumps the mapping
+-- version and regenerates the engine's specialised functions (40_codegen.sql). Existing
+-- contacts are not rewritten: sync_users / resync_all do that.
+
+-- One advisory lock serializes every configuration change (mapping edits, code generation,
+-- resync batches take it shared), so no batch ever runs half on an old mapping.
+create or replace function usersync._config_lock_key()
+returns bigint
+language sql immutable parallel safe
+set search_path = ''
+as $$ select 7311046471950211001::bigint $$;
+
+-- Can a value of user field uf be assigned to contact field cf (or the reverse)? Asked of the
+-- parser itself: EXPLAIN plans the INSERT without running it, and fails exactly when PostgreSQL
+-- has no assignment cast (text -> date fails; date -> text works).
+create or replace function usersync._assignable(p_from regclass, p_from_field text, p_to regclass, p_to_field text)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+begin
+    execute pg_catalog.format('explain (costs off) insert into %s (%I) select src.%I from %s src',
+                              p_to, p_to_field, p_from_field, p_from);
+    return true;
+exception when datatype_mismatch or cannot_coerce then
+    return false;
+end
+$$;
+
+create or replace function usersync._field_type(p_module text, p_field text)
+returns text
+language sql stable
+set search_path = ''
+as $$
+    select f.data_type from usersync.metadata_fields f where f.module = p_module and f.field = p_field
+$$;
+
+-- Explains why a name is not a metadata field of a module: unknown, or reserved to the engine.
+create or replace function usersync._reject_field(p_module text, p_field text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+    m usersync.modules;
+    label text := case p_module when 'users' then 'Users' else 'Contacts' end;
+begin
+    select * into m from usersync.modules where module = p_module;
+    if p_field = m.key_column or p_field = m.switch_column
+       or exists (select from pg_catalog.pg_attribute a
+                   where a.attrelid = m.relation and a.attname = p_field and (a.attnum < 0 or a.attgenerated <> '')) then
+        raise exception using
+            errcode = 'US003',
+            message = pg_catalog.format('"%s" is a system column of the %s module, not a metadata field', p_field, label),
+            detail = pg_catalog.format('The key, the synchronization switch, generated and system columns of %s cannot be mapped.',
+                                       m.relation),
+            hint = pg_catalog.format('Map one of the fields listed by: SELECT field FROM usersync.metadata_fields WHERE module = %L',
+                                     p_module);
+    end if;
+    raise exception using
+        errcode = 'US003',
+        message = pg_catalog.format('unknown %s field "%s"', rtrim(p_module, 's'), p_field),
+        detail = pg_catalog.format('%s has no metadata field named "%s"; mapping never creates fields.', m.relation, p_field),
+        hint = pg_catalog.format('Map one of the fields listed by: SELECT field FROM usersync.metadata_fields WHERE module = %L',
+                                 p_module);
+end
+$$;
+
+create or replace function usersync._check_mapping_row()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    users_rel regclass := (select relation from usersync.modules where module = 'users');
+    contacts_rel regclass := (select relation from usersync.modules where module = 'contacts');
+    other text;
+begin
+    perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+    if new.user_field is null or new.contact_field is null then
+        raise exception using errcode = 'US003', message = 'a mapping needs both a user field and a contact field',
+            hint = 'To remove a mapping, DELETE its row instead.';
+    end if;
+    if usersync._field_type('users', new.user_field) is null then
+        perform usersync._reject_field('users', new.user_field);
+    end if;
+    if usersync._field_type('contacts', new.contact_field) is null then
+        perform usersync._reject_field('contacts', new.contact_field);
+    end if;
+
+    -- Each field is mapped at most once. Checked here (not only by the unique constraints) to
+    -- say which mapping holds it; the advisory lock makes the check race-free.
+    select fm.contact_field into other from usersync.field_mapping fm
+     where fm.user_field = new.user_field and (tg_op = 'INSERT' or fm.user_field <> old.user_field);
+    if found then
+        raise exception using errcode = 'US003',
+            message = pg_catalog.format('user field "%s" is already mapped (to contact field "%s")', new.user_field, other),
+            detail = 'Each metadata field can be mapped only once.',
+            hint = pg_catalog.format('Change that mapping instead: UPDATE usersync.field_mapping SET contact_field = ... WHERE user_field = %L',
+                                     new.user_field);
+    end if;
+    select fm.user_field into other from usersync.field_mapping fm
+     where fm.contact_field = new.contact_field and (tg_op = 'INSERT' or fm.contact_field <> old.contact_field);
+    if found then
+        raise exception using errcode = 'US003',
+            message = pg_catalog.format('contact field "%s" is already mapped (from user field "%s")', new.contact_field, other),
+            detail = 'Each metadata field can be mapped only once.',
+            hint = pg_catalog.format('Remove that mapping first: DELETE FROM usersync.field_mapping WHERE user_field = %L', other);
+    end if;
+
+    -- Checked user -> contact. Reversed pairs copy the other way with an explicit cast where no
+    -- assignment cast exists (text -> date), so a bad value fails there, naming the pair.
+    if not usersync._assignable(users_rel, new.user_field, contacts_rel, new.contact_field) then
+        raise exception using errcode = 'US003',
+            message = pg_catalog.format('user field "%s" (%s) cannot fill contact field "%s" (%s)', new.user_field,
+                                        usersync._field_type('users', new.user_field), new.contact_field,
+                                        usersync._field_type('contacts', new.contact_field)),
+            detail = 'PostgreSQL has no assignment cast between these types.',
+            hint = 'Map it to a contact field of a compatible type (any type can fill a text field).';
+    end if;
+    return new;
+end
+$$;
+
+create or replace function usersync._mapping_changed()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+    perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+    update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
+    perform usersync._generate();
+    return null;
+end
+$$;
+
+drop trigger if exists check_mapping_row on usersync.field_mapping;
+create trigger check_mapping_row
+    before insert or update on usersync.field_mapping
+    for each row execute function usersync._check_mapping_row();
+
+drop trigger if exists mapping_changed on usersync.field_mapping;
+create trigger mapping_changed
+    after insert or update or delete or truncate on usersync.field_mapping
+    for each statement execute function usersync._mapping_changed();
+
+-- The default: every user field with a same-named contact field it can fill.
+create or replace function usersync.default_field_mapping()
+returns table (user_field text, contact_field text)
+language sql stable
+security definer
+set search_path = ''
+as $$
+    select u.field, c.field
+      from usersync.metadata_fields u
+      join usersync.metadata_fields c on c.module = 'contacts' and c.field = u.field
+     where u.module = 'users'
+       and usersync._assignable((select relation from usersync.modules where module = 'users'), u.field,
+                                (select relation from usersync.modules where module = 'contacts'), c.field)
+     order by u.position
+$$;
+comment on function usersync.default_field_mapping() is 'The default mapping: every field both modules have';
+
+create or replace function usersync.reset_field_mapping()
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    n bigint;
+begin
+    delete from usersync.field_mapping;
+    insert into usersync.field_mapping (user_field, contact_field)
+    select d.user_field, d.contact_field from usersync.default_field_mapping() d;
+    get diagnostics n = row_count;
+    return n;
+end
+$$;
+comment on function usersync.reset_field_mapping() is 'Restores the default mapping; returns the number of mapped pairs';

@@ -1,0 +1,88 @@
+-- 35_diagnose.sql: naming the user, contact and field behind a value that does not fit.
+--
+-- The engine copies whole sets of rows in one statement, so PostgreSQL's own error ("value too
+-- long for type character varying(10)") says neither which pair nor which field. On that
+-- (rare) path the engine replays the pair field by field, each attempt in a subtransaction that
+-- is always rolled back, and reports the first field that fails.
+
+create or replace function usersync._diagnose(p_user_id bigint)
+returns table (contact_id bigint, direction text, user_field text, contact_field text, sqlstate text, message text)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    l usersync.links;
+    m record;
+    st text;
+    msg text;
+    col text;
+    expr text;
+begin
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+    select * into l from usersync.links where links.user_id = p_user_id;
+    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
+        begin
+            if l.active and l.source = 'contact' then
+                expr := case when usersync._assignable(mc.relation, m.contact_field, mu.relation, m.user_field)
+                             then pg_catalog.format('c.%I', m.contact_field)
+                             else pg_catalog.format('c.%I::%s', m.contact_field, usersync._field_type('users', m.user_field)) end;
+                execute pg_catalog.format('update %s u set %I = %s from %s c where u.%I = $1 and c.%I = $2',
+                                          mu.relation, m.user_field, expr, mc.relation, mu.key_column, mc.key_column)
+                  using p_user_id, l.contact_id;
+            else
+                execute pg_catalog.format('insert into %s (%I) select u.%I from %s u where u.%I = $1',
+                                          mc.relation, m.contact_field, m.user_field, mu.relation, mu.key_column)
+                  using p_user_id;
+            end if;
+            raise sqlstate 'USX00';  -- undo the attempt
+        exception
+            when sqlstate 'USX00' then null;
+            when others then
+                get stacked diagnostics st = returned_sqlstate, msg = message_text, col = column_name;
+                -- Another column's NOT NULL constraint is not this field's fault.
+                if st like '22%' or col in (m.user_field, m.contact_field) then
+                    return query select l.contact_id,
+                                        case when l.active and l.source = 'contact' then 'contact' else 'user' end,
+                                        m.user_field, m.contact_field, st, msg;
+                    return;
+                end if;
+        end;
+    end loop;
+end
+$$;
+
+-- Raises the first diagnosed failure among the given users, with the original SQLSTATE;
+-- returns quietly when none is found, so that the caller re-raises the original error.
+create or replace function usersync._explain_failure(p_user_ids bigint[])
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    uid bigint;
+    d record;
+begin
+    foreach uid in array coalesce(p_user_ids[1:1000], '{}') loop
+        select * into d from usersync._diagnose(uid);
+        if found then
+            if d.direction = 'contact' then
+                raise exception using errcode = d.sqlstate,
+                    message = pg_catalog.format('cannot synchronize contact %s to user %s: contact field "%s" does not fit user field "%s"',
+                                                d.contact_id, uid, d.contact_field, d.user_field),
+                    detail = d.message,
+                    hint = 'Correct the contact''s value, or change the field mapping (usersync.field_mapping).';
+            end if;
+            raise exception using errcode = d.sqlstate,
+                message = pg_catalog.format('cannot synchronize user %s to contact %s: user field "%s" does not fit contact field "%s"',
+                                            uid, coalesce(d.contact_id::text, '(new)'), d.user_field, d.contact_field),
+                detail = d.message,
+                hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
+        end if;
+    end loop;
+end
+$$;

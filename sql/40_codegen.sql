@@ -1,0 +1,188 @@
+-- 40_codegen.sql: the generator of the engine's specialised functions.
+--
+-- Why generate: a trigger that builds SQL per row with EXECUTE is re-planned every time and is
+-- several times slower than static SQL (docs/design.md). So whenever the mapping or a module
+-- table changes, usersync._generate() rewrites the _g_* functions as plain static PL/pgSQL with
+-- the table names, column lists and mapping version written in. Templates below use @NAME@
+-- placeholders; every identifier is quoted with quote_ident/%I before it is substituted.
+--
+-- Generated functions (all SECURITY DEFINER, owned by usersync_engine):
+--   _g_refresh(user_ids)        full sync of the given active pairs, both directions
+--   _g_link(user_ids)           link users whose switch is on (re-link, repair or create), then refresh
+--   _g_sync_users(user_ids)     "Synchronize users"
+--   _g_on_users_insert/update/delete/truncate, _g_on_contact_update/delete_before/delete_after,
+--   _g_on_contacts_truncate     the trigger functions attached by usersync._attach()
+
+-- Column lists and expressions for the current mapping and catalog.
+create or replace function usersync._gen_contact_cols()
+returns text language sql stable set search_path = '' as $$
+    select string_agg(pg_catalog.quote_ident(f.field), ', ' order by f.position)
+      from usersync.metadata_fields f where f.module = 'contacts'
+$$;
+
+-- The contact as the image of a user row named p_alias: mapped fields copied, the rest NULL.
+create or replace function usersync._gen_contact_image(p_alias text)
+returns text language sql stable set search_path = '' as $$
+    select string_agg(case when m.user_field is null then 'null'
+                           else p_alias || '.' || pg_catalog.quote_ident(m.user_field) end,
+                      ', ' order by f.position)
+      from usersync.metadata_fields f
+      left join usersync.field_mapping m on m.contact_field = f.field
+     where f.module = 'contacts'
+$$;
+
+create or replace function usersync._gen_mapped_user_cols()
+returns text language sql stable set search_path = '' as $$
+    select string_agg(pg_catalog.quote_ident(m.user_field), ', ' order by f.position)
+      from usersync.field_mapping m
+      join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
+$$;
+
+-- The mapped user fields as the image of a contact row named p_alias (reversed pairs). Where no
+-- assignment cast exists (text -> date) the value is cast explicitly; a bad value then fails.
+create or replace function usersync._gen_user_image(p_alias text)
+returns text language sql stable set search_path = '' as $$
+    select string_agg(
+             case when usersync._assignable(mc.relation, m.contact_field, mu.relation, m.user_field)
+                  then p_alias || '.' || pg_catalog.quote_ident(m.contact_field)
+                  else pg_catalog.format('%s.%I::%s', p_alias, m.contact_field, f.data_type) end,
+             ', ' order by f.position)
+      from usersync.field_mapping m
+      join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
+      cross join (select relation from usersync.modules where module = 'users') mu
+      cross join (select relation from usersync.modules where module = 'contacts') mc
+$$;
+
+-- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
+create or replace function usersync._gen_changed(p_module text, p_old text, p_new text)
+returns text language sql stable set search_path = '' as $$
+    select case when count(*) = 0 then 'false'
+                else pg_catalog.format('(%s) is distinct from (%s)',
+                       string_agg(p_old || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field),
+                       string_agg(p_new || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field)) end
+      from (select case p_module when 'users' then m.user_field else m.contact_field end as field
+              from usersync.field_mapping m) x
+$$;
+
+-- The name of the first mapped field that differs, for error messages.
+create or replace function usersync._gen_first_changed(p_module text, p_old text, p_new text)
+returns text language sql stable set search_path = '' as $$
+    select coalesce('case ' || string_agg(pg_catalog.format('when %s.%I is distinct from %s.%I then %L',
+                                                            p_old, x.field, p_new, x.field, x.field),
+                                          ' ' order by x.field) || ' end',
+                    'null::text')
+      from (select case p_module when 'users' then m.user_field else m.contact_field end as field
+              from usersync.field_mapping m) x
+$$;
+
+-- "The contact already is the image of the user": lets a refresh skip rows it would not change
+-- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
+create or replace function usersync._gen_contact_same(p_contact text, p_user text)
+returns text language sql stable set search_path = '' as $$
+    select case when bool_or(m.user_field is not null and uf.data_type <> f.data_type) then 'false'
+                else string_agg(case when m.user_field is null
+                                     then pg_catalog.format('%s.%I is null', p_contact, f.field)
+                                     else pg_catalog.format('%s.%I is not distinct from %s.%I',
+                                                            p_contact, f.field, p_user, m.user_field) end,
+                                ' and ' order by f.position) end
+      from usersync.metadata_fields f
+      left join usersync.field_mapping m on m.contact_field = f.field
+      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
+     where f.module = 'contacts'
+$$;
+
+create or replace function usersync._gen_user_same(p_user text, p_contact text)
+returns text language sql stable set search_path = '' as $$
+    select case when bool_or(uf.data_type <> cf.data_type) then 'false'
+                else coalesce(string_agg(pg_catalog.format('%s.%I is not distinct from %s.%I',
+                                                           p_user, m.user_field, p_contact, m.contact_field),
+                                         ' and ' order by m.user_field), 'true') end
+      from usersync.field_mapping m
+      join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
+      join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
+$$;
+
+create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
+returns text language plpgsql immutable set search_path = '' as $$
+declare
+    k text;
+    v text;
+begin
+    for k, v in select key, value from pg_catalog.jsonb_each_text(p_vars) loop
+        p_template := pg_catalog.replace(p_template, '@' || k || '@', v);
+    end loop;
+    if p_template ~ '@[A-Z_]+@' then
+        raise exception 'usersync internal error: unfilled placeholder % in a generated function',
+            (pg_catalog.regexp_match(p_template, '@[A-Z_]+@'))[1];
+    end if;
+    return p_template;
+end
+$$;
+
+create or replace function usersync._generate()
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $gen$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    seq text;
+    cid text;
+    vars jsonb;
+    tpl text;
+    fn text;
+begin
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+
+    -- New contacts get their key before they are inserted, so that one set-based INSERT can
+    -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
+    seq := pg_catalog.pg_get_serial_sequence(mc.relation::text, mc.key_column);
+    if seq is not null then
+        cid := pg_catalog.format('pg_catalog.nextval(%L::regclass)', seq);
+    else
+        select pg_catalog.pg_get_expr(d.adbin, d.adrelid) into cid
+          from pg_catalog.pg_attrdef d join pg_catalog.pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
+         where a.attrelid = mc.relation and a.attname = mc.key_column;
+        if cid is null then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('the key column %I of %s has no default', mc.key_column, mc.relation),
+                hint = 'The Contacts key needs an identity, a sequence or a default so the engine can create contacts.';
+        end if;
+    end if;
+
+    vars := pg_catalog.jsonb_build_object(
+        'U', mu.relation::text,
+        'C', mc.relation::text,
+        'UK', pg_catalog.quote_ident(mu.key_column),
+        'CK', pg_catalog.quote_ident(mc.key_column),
+        'SW', pg_catalog.quote_ident(mu.switch_column),
+        'V', (select version from usersync.mapping_state)::text,
+        'CID', cid,
+        'OVR', case when exists (select from pg_catalog.pg_attribute a where a.attrelid = mc.relation
+                                   and a.attname = mc.key_column and a.attidentity = 'a')
+                    then 'overriding system value' else '' end,
+        'C_COLS', usersync._gen_contact_cols(),
+        'C_IMG_S', usersync._gen_contact_image('s'),
+        'C_IMG_N', usersync._gen_contact_image('n'),
+        'C_IMG_U', usersync._gen_contact_image('u'),
+        'HAS_MAP', (exists (select from usersync.field_mapping))::text,
+        'U_COLS', coalesce(usersync._gen_mapped_user_cols(), pg_catalog.quote_ident(mu.switch_column)),
+        'U_IMG_C', coalesce(usersync._gen_user_image('c'), 'u.' || pg_catalog.quote_ident(mu.switch_column)),
+        'U_IMG_NEW', coalesce(usersync._gen_user_image('new'), 'u.' || pg_catalog.quote_ident(mu.switch_column)),
+        'U_CHANGED', usersync._gen_changed('users', 'o', 'n'),
+        'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
+        'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
+        'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'U_SAME', usersync._gen_user_same('u', 'c')
+    );
+
+    for fn, tpl in select t.fn, t.tpl from usersync._templates() t loop
+        execute usersync._gen_fill(tpl, vars);
+        execute pg_catalog.format('revoke all on function usersync.%s from public', fn);
+    end loop;
+    update usersync.mapping_state set field_types = usersync._mapped_field_types();
+end
+$gen$;

@@ -1,0 +1,366 @@
+-- 45_templates.sql: the templates that usersync._generate() fills in (see 40_codegen.sql).
+--
+-- Placeholders: @U@/@C@ the module tables, @UK@/@CK@ their keys, @SW@ the switch column,
+-- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
+-- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
+-- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
+-- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
+--
+-- Lock order, everywhere: users rows before contacts rows, each in key order. It is what keeps
+-- deletes from both ends, resyncs and application writes free of deadlocks.
+
+create or replace function usersync._templates()
+returns table (fn text, tpl text)
+language sql immutable
+set search_path = ''
+as $templates$
+values
+('_g_lock_users(bigint[])', $tpl$
+create or replace function usersync._g_lock_users(p_user_ids bigint[])
+returns void language plpgsql security definer set search_path = '' as $body$
+begin
+    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for update;
+end
+$body$;
+$tpl$),
+
+('_g_refresh(bigint[])', $tpl$
+create or replace function usersync._g_refresh(p_user_ids bigint[])
+returns bigint language plpgsql security definer set search_path = '' as $body$
+declare
+    n bigint;
+begin
+    -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
+    -- wait for a concurrent writer and then write the value it read before that writer committed.
+    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
+    update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
+      from @U@ u join usersync.links l on l.user_id = u.@UK@
+     where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
+       and not (@C_SAME@);
+    if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
+        perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
+         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
+        update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
+          from @C@ c join usersync.links l on l.contact_id = c.@CK@
+         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' and u.@UK@ = l.user_id
+           and not (@U_SAME@);
+    end if;
+    -- Every pair whose two rows exist is now the image of its source under mapping @V@.
+    update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
+      from @U@ u
+     where u.@UK@ = l.user_id and l.user_id = any(p_user_ids) and l.active and u.@SW@
+       and exists (select from @C@ c where c.@CK@ = l.contact_id);
+    get diagnostics n = row_count;
+    delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
+    return n;
+end
+$body$;
+$tpl$),
+
+('_g_link(bigint[])', $tpl$
+create or replace function usersync._g_link(p_user_ids bigint[])
+returns bigint language plpgsql security definer set search_path = '' as $body$
+begin
+    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
+    -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
+    delete from usersync.links l
+     where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
+    -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
+    -- with the user as the source again: that is what the switch means.
+    update usersync.links l set active = true, source = 'user'
+     where l.user_id = any(p_user_ids) and not l.active;
+    with s as materialized (
+        select @CID@ as usersync_new_contact_id, u.*
+          from @U@ u
+         where u.@UK@ = any(p_user_ids) and u.@SW@
+           and not exists (select from usersync.links l where l.user_id = u.@UK@)),
+    linked as (
+        insert into usersync.links (user_id, contact_id, source, active, mapping_version)
+        select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s)
+    insert into @C@ (@CK@, @C_COLS@) @OVR@
+    select s.usersync_new_contact_id, @C_IMG_S@ from s;
+    return usersync._g_refresh(p_user_ids);
+end
+$body$;
+$tpl$),
+
+('_g_sync_users(bigint[])', $tpl$
+create or replace function usersync._g_sync_users(p_user_ids bigint[])
+returns bigint language plpgsql security definer set search_path = '' as $body$
+declare
+    unknown bigint[];
+    ids bigint[];
+begin
+    if p_user_ids is not null then
+        select pg_catalog.array_agg(x.id order by x.id) into unknown
+          from pg_catalog.unnest(p_user_ids) x(id)
+         where not exists (select from @U@ u where u.@UK@ = x.id);
+        if unknown is not null then
+            raise exception using errcode = 'US006',
+                message = pg_catalog.format('unknown user id(s): %s', pg_catalog.array_to_string(unknown, ', ')),
+                hint = 'Pass ids of existing users, or NULL for every user whose switch is on.';
+        end if;
+    end if;
+    -- Repairs, for writes that bypassed the triggers (session_replication_role = replica, ...):
+    -- a link whose switch is off ends; a link whose user is gone is forgotten.
+    update usersync.links l set active = false
+      from @U@ u
+     where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids));
+    delete from usersync.links l
+     where (p_user_ids is null or l.user_id = any(p_user_ids))
+       and not exists (select from @U@ u where u.@UK@ = l.user_id);
+    ids := array(select u.@UK@ from @U@ u
+                  where u.@SW@ and (p_user_ids is null or u.@UK@ = any(p_user_ids)) order by u.@UK@);
+    if pg_catalog.cardinality(ids) = 0 then
+        return 0;
+    end if;
+    return usersync._g_link(ids);
+exception when data_exception or integrity_constraint_violation then
+    perform usersync._explain_failure(ids);
+    raise;
+end
+$body$;
+$tpl$),
+
+('_g_on_users_insert()', $tpl$
+create or replace function usersync._g_on_users_insert()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+begin
+    if exists (select from new_rows n where n.@SW@) then
+        with s as materialized (
+            select @CID@ as usersync_new_contact_id, n.* from new_rows n where n.@SW@),
+        linked as (
+            -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
+            insert into usersync.links (user_id, contact_id, source, active, mapping_version)
+            select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s
+            on conflict (user_id) do update
+               set contact_id = excluded.contact_id, source = 'user', active = true,
+                   mapping_version = excluded.mapping_version, synced_at = pg_catalog.now())
+        insert into @C@ (@CK@, @C_COLS@) @OVR@
+        select s.usersync_new_contact_id, @C_IMG_S@ from s;
+    end if;
+    return null;
+exception when data_exception or integrity_constraint_violation then
+    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+    raise;
+end
+$body$;
+$tpl$),
+
+('_g_on_users_update()', $tpl$
+create or replace function usersync._g_on_users_update()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    r record;
+    switched_on bigint[];
+begin
+    -- A reversed pair's mapped user fields follow the contact: only the engine writes them.
+    if current_user <> 'usersync_engine'
+       and exists (select from usersync.links l where l.active and l.source = 'contact') then
+        select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
+          from new_rows n join old_rows o on o.@UK@ = n.@UK@
+          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
+         where @U_CHANGED@
+         limit 1;
+        if found then
+            raise exception using errcode = 'US002',
+                message = pg_catalog.format('user %s is synchronized from contact %s: field "%s" is read-only',
+                                            r.user_id, r.contact_id, r.field),
+                detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
+                hint = pg_catalog.format('Edit contact %s instead, or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
+                                         r.contact_id, r.user_id);
+        end if;
+    end if;
+
+    -- Switch turned off: the link ends, the contact stays as an ordinary contact.
+    update usersync.links l set active = false
+      from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+
+    -- Switch turned on: link (re-link the earlier contact, or create one) and refresh.
+    switched_on := array(select n.@UK@ from new_rows n
+                          where n.@SW@ and not exists (select from usersync.links l
+                                                        where l.user_id = n.@UK@ and l.active));
+    if pg_catalog.cardinality(switched_on) > 0 then
+        perform usersync._g_link(switched_on);
+    end if;
+
+    -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
+    -- write nothing.
+    update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
+      from new_rows n
+      join old_rows o on o.@UK@ = n.@UK@
+      join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+     where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
+       and not n.@UK@ = any(switched_on);
+    -- Pairs that were stale (mapping changed since their last sync) are now up to date.
+    if exists (select from usersync.links l where l.active and l.mapping_version < @V@) then
+        update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
+          from new_rows n join old_rows o on o.@UK@ = n.@UK@
+         where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
+           and n.@SW@ and @U_CHANGED@;
+    end if;
+    return null;
+exception when data_exception or integrity_constraint_violation then
+    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+    raise;
+end
+$body$;
+$tpl$),
+
+('_g_on_users_delete()', $tpl$
+create or replace function usersync._g_on_users_delete()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    r record;
+begin
+    if current_user <> 'usersync_engine'
+       and exists (select from usersync.links l where l.active and l.source = 'contact') then
+        select o.@UK@ as user_id, l.contact_id into r
+          from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
+         limit 1;
+        if found then
+            raise exception using errcode = 'US002',
+                message = pg_catalog.format('user %s is synchronized from contact %s and cannot be deleted',
+                                            r.user_id, r.contact_id),
+                detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
+                hint = pg_catalog.format('Delete contact %s instead (the setting delete_user_with_contact decides what '
+                                         'happens to the user), or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
+                                         r.contact_id, r.user_id);
+        end if;
+    end if;
+    if (select s.delete_contact_with_user from usersync.settings s) then
+        delete from @C@ c
+         using old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user'
+         where c.@CK@ = l.contact_id;
+    end if;
+    -- Without the toggle the contact stays, unlinked and editable.
+    delete from usersync.links l using old_rows o where l.user_id = o.@UK@;
+    delete from usersync.sync_errors e using old_rows o where e.user_id = o.@UK@;
+    return null;
+end
+$body$;
+$tpl$),
+
+('_g_on_users_truncate()', $tpl$
+create or replace function usersync._g_on_users_truncate()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+begin
+    if exists (select from usersync.links l where l.active and l.source = 'contact') then
+        raise exception using errcode = 'US002',
+            message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
+            detail = 'Reversed pairs make those users read-only.',
+            hint = 'Delete their contacts, or restore the direction with usersync.set_sync_source(user_id, ''user''), first.';
+    end if;
+    -- TRUNCATE skips row triggers; apply the delete rules to every pair at once instead.
+    if (select s.delete_contact_with_user from usersync.settings s) then
+        delete from @C@ c using usersync.links l where c.@CK@ = l.contact_id and l.active and l.source = 'user';
+    end if;
+    delete from usersync.links;
+    delete from usersync.sync_errors;
+    return null;
+end
+$body$;
+$tpl$),
+
+('_g_on_contact_update()', $tpl$
+create or replace function usersync._g_on_contact_update()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    l usersync.links;
+begin
+    select * into l from usersync.links where contact_id = old.@CK@ and active;
+    if not found then
+        return null;
+    end if;
+    if l.source = 'user' then
+        raise exception using errcode = 'US001',
+            message = pg_catalog.format('contact %s is synchronized from user %s and cannot be edited', old.@CK@, l.user_id),
+            detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
+            hint = pg_catalog.format('Edit user %s instead; or switch its synchronization off (UPDATE ... SET @SW@ = false), '
+                                     'or reverse the direction: SELECT usersync.set_sync_source(%s, ''contact'')',
+                                     l.user_id, l.user_id);
+    end if;
+    if @HAS_MAP@ and @C_CHANGED@ then
+        update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
+    end if;
+    return null;
+exception when data_exception or integrity_constraint_violation then
+    perform usersync._explain_failure(array[l.user_id]);
+    raise;
+end
+$body$;
+$tpl$),
+
+('_g_on_contact_delete_before()', $tpl$
+create or replace function usersync._g_on_contact_delete_before()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    l usersync.links;
+begin
+    select * into l from usersync.links where contact_id = old.@CK@ and active;
+    if not found then
+        return old;
+    end if;
+    if l.source = 'user' then
+        raise exception using errcode = 'US001',
+            message = pg_catalog.format('contact %s is synchronized from user %s and cannot be deleted', old.@CK@, l.user_id),
+            detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
+            hint = pg_catalog.format('Delete user %s (the setting delete_contact_with_user decides what happens to the contact), '
+                                     'or switch its synchronization off first', l.user_id);
+    end if;
+    -- Reversed pair: lock the user before this contact row is locked, the engine's one lock order.
+    perform from @U@ u where u.@UK@ = l.user_id for update;
+    return old;
+end
+$body$;
+$tpl$),
+
+('_g_on_contact_delete_after()', $tpl$
+create or replace function usersync._g_on_contact_delete_after()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    l usersync.links;
+begin
+    select * into l from usersync.links where contact_id = old.@CK@;
+    if not found then
+        return null;
+    end if;
+    delete from usersync.links where user_id = l.user_id;
+    delete from usersync.sync_errors where user_id = l.user_id;
+    if l.active then  -- a reversed pair (user-sourced contacts cannot get here)
+        if (select s.delete_user_with_contact from usersync.settings s) then
+            delete from @U@ u where u.@UK@ = l.user_id;
+        else
+            update @U@ u set @SW@ = false where u.@UK@ = l.user_id;
+        end if;
+    end if;
+    return null;
+end
+$body$;
+$tpl$),
+
+('_g_on_contacts_truncate()', $tpl$
+create or replace function usersync._g_on_contacts_truncate()
+returns trigger language plpgsql security definer set search_path = '' as $body$
+declare
+    n bigint;
+begin
+    select count(*) into n from usersync.links l where l.active and l.source = 'user';
+    if n > 0 then
+        raise exception using errcode = 'US001',
+            message = pg_catalog.format('cannot truncate %s: %s contacts are synchronized from users', tg_table_name, n),
+            detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
+            hint = 'Switch synchronization off for those users first (UPDATE ... SET @SW@ = false).';
+    end if;
+    if exists (select from usersync.links l where l.active) then
+        raise exception using errcode = 'US004',
+            message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
+            detail = 'TRUNCATE fires no row triggers, so the rule for deleting a source contact cannot be applied.',
+            hint = 'Use DELETE, which applies delete_user_with_contact to each pair.';
+    end if;
+    delete from usersync.links;  -- remembered contacts of switched-off users are about to vanish
+    return null;
+end
+$body$;
+$tpl$)
+$templates$;

@@ -1,0 +1,158 @@
+-- 50_actions.sql: the public API of the engine, what admins and DBAs call.
+--
+-- sync_users(user_ids)         "Synchronize users": (re)sync and repair the given users' pairs
+-- resync_step(batch_size)      one batch of "Update all synchronized users", committed by the caller
+-- resync_all(batch_size)       CALL it: every pair, a batch per transaction, resumable
+-- set_sync_source(user_id, s)  reverse a pair ('contact') or restore it ('user')
+-- synchronized_contacts        which contacts are user contacts, and whether they are up to date
+
+create or replace view usersync.synchronized_contacts as
+select l.contact_id,
+       l.user_id,
+       l.source,
+       l.synced_at,
+       l.mapping_version = s.version as up_to_date
+  from usersync.links l
+ cross join usersync.mapping_state s
+ where l.active;
+comment on view usersync.synchronized_contacts is
+    'User contacts (the "profile icon"); up_to_date is false when the mapping changed since the pair was last synced';
+
+create or replace function usersync.sync_users(user_ids bigint[] default null)
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+    -- Taken before any row lock, so it never waits while holding one.
+    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    return usersync._g_sync_users(user_ids);
+end
+$$;
+comment on function usersync.sync_users(bigint[]) is
+    '"Synchronize users": (re)syncs the given users (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
+
+create or replace function usersync.resync_step(batch_size integer default 1000)
+returns table (done boolean, batch_synced bigint, batch_failed bigint, synced bigint, failed bigint, total bigint)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    st usersync.resync_state;
+    ids bigint[];
+    ok bigint := 0;
+    bad bigint := 0;
+    uid bigint;
+    d record;
+    e_state text;
+    e_msg text;
+begin
+    if batch_size is null or batch_size < 1 then
+        raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
+            hint = 'Pass a positive number of pairs per batch, e.g. 1000.';
+    end if;
+    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    -- One run at a time: the state row is the run's lock as well as its cursor.
+    select * into st from usersync.resync_state for update;
+    if not found or st.finished_at is not null then
+        insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total)
+        values (true, pg_catalog.now(), (select version from usersync.mapping_state),
+                null, (select count(*) from usersync.links where active))
+        on conflict (singleton) do update
+           set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
+               after_user_id = null, total = excluded.total, synced = 0, failed = 0
+        returning * into st;
+    end if;
+
+    ids := array(select l.user_id from usersync.links l
+                  where l.active and (st.after_user_id is null or l.user_id > st.after_user_id)
+                  order by l.user_id limit resync_step.batch_size);
+    if pg_catalog.cardinality(ids) = 0 then
+        update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
+        return query select true, 0::bigint, 0::bigint, st.synced, st.failed, st.total;
+        return;
+    end if;
+
+    begin
+        ok := usersync._g_refresh(ids);
+    exception when data_exception or integrity_constraint_violation then
+        -- Some pair in the batch holds a value its target cannot take: redo the batch pair by
+        -- pair so the others still sync, and record each failure with its field.
+        ok := 0;
+        foreach uid in array ids loop
+            begin
+                ok := ok + usersync._g_refresh(array[uid]);
+            exception when data_exception or integrity_constraint_violation then
+                get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
+                select * into d from usersync._diagnose(uid);
+                insert into usersync.sync_errors as e (user_id, contact_id, field, sqlstate, message)
+                values (uid, (select l.contact_id from usersync.links l where l.user_id = uid),
+                        case when d.user_field is not null then d.user_field || ' -> ' || d.contact_field end,
+                        coalesce(d.sqlstate, e_state), coalesce(d.message, e_msg))
+                on conflict (user_id) do update
+                   set contact_id = excluded.contact_id, field = excluded.field, sqlstate = excluded.sqlstate,
+                       message = excluded.message, occurred_at = pg_catalog.now();
+                bad := bad + 1;
+            end;
+        end loop;
+    end;
+
+    update usersync.resync_state
+       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, failed = failed + bad
+    returning * into st;
+    return query select false, ok, bad, st.synced, st.failed, st.total;
+end
+$$;
+comment on function usersync.resync_step(integer) is
+    'One batch of "Update all synchronized users" (starts a run or continues the unfinished one); commit after each call';
+
+-- Transaction control is not allowed in SECURITY DEFINER procedures, so this one runs as the
+-- caller (who needs EXECUTE on resync_step) and holds no privilege of its own.
+create or replace procedure usersync.resync_all(batch_size integer default 1000)
+language plpgsql
+as $$
+declare
+    r record;
+begin
+    loop
+        select * into r from usersync.resync_step(batch_size);
+        commit;
+        exit when r.done;
+    end loop;
+end
+$$;
+comment on procedure usersync.resync_all(integer) is
+    '"Update all synchronized users": re-applies the mapping to every pair, committing each batch; resumes an interrupted run. CALL it outside a transaction block.';
+
+create or replace function usersync.set_sync_source(user_id bigint, source text)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    l usersync.links;
+begin
+    if set_sync_source.source is null or set_sync_source.source not in ('user', 'contact') then
+        raise exception using errcode = 'US006',
+            message = pg_catalog.format('invalid synchronization source %L', set_sync_source.source),
+            hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
+    end if;
+    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    perform usersync._g_lock_users(array[set_sync_source.user_id]);
+    select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
+    if not found then
+        raise exception using errcode = 'US006',
+            message = pg_catalog.format('user %s has no synchronized contact', set_sync_source.user_id),
+            hint = 'Switch "Synchronize user to contact module" on for the user first.';
+    end if;
+    update usersync.links set source = set_sync_source.source where links.user_id = set_sync_source.user_id;
+    -- Leave the pair consistent with its (new) source at once.
+    perform usersync._g_refresh(array[set_sync_source.user_id]);
+end
+$$;
+comment on function usersync.set_sync_source(bigint, text) is
+    'Reverses a pair (''contact'': the contact becomes the data source) or restores it (''user'')';
