@@ -6,6 +6,11 @@
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
 --
+-- Trigger functions are SECURITY DEFINER, so inside them current_user is always the engine: who
+-- issued the statement is decided by the triggers' WHEN (current_user <> 'usersync_engine'),
+-- which PostgreSQL evaluates as the caller. The engine's own writes to the modules never need
+-- the triggers (it keeps the links itself), so they skip them.
+--
 -- Lock order, everywhere: users rows before contacts rows, each in key order. It is what keeps
 -- deletes from both ends, resyncs and application writes free of deadlocks.
 
@@ -154,9 +159,9 @@ declare
     r record;
     switched_on bigint[];
 begin
-    -- A reversed pair's mapped user fields follow the contact: only the engine writes them.
-    if current_user <> 'usersync_engine'
-       and exists (select from usersync.links l where l.active and l.source = 'contact') then
+    -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
+    -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
+    if exists (select from usersync.links l where l.active and l.source = 'contact') then
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
           join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
@@ -213,8 +218,7 @@ returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     r record;
 begin
-    if current_user <> 'usersync_engine'
-       and exists (select from usersync.links l where l.active and l.source = 'contact') then
+    if exists (select from usersync.links l where l.active and l.source = 'contact') then
         select o.@UK@ as user_id, l.contact_id into r
           from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
          limit 1;
@@ -344,11 +348,14 @@ create or replace function usersync._g_on_contacts_truncate()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     n bigint;
+    example usersync.links;
 begin
     select count(*) into n from usersync.links l where l.active and l.source = 'user';
     if n > 0 then
+        select * into example from usersync.links l where l.active and l.source = 'user' order by l.user_id limit 1;
         raise exception using errcode = 'US001',
-            message = pg_catalog.format('cannot truncate %s: %s contacts are synchronized from users', tg_table_name, n),
+            message = pg_catalog.format('cannot truncate %s: %s contact(s) are synchronized from users (contact %s from user %s, ...)',
+                                        tg_table_name, n, example.contact_id, example.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
             hint = 'Switch synchronization off for those users first (UPDATE ... SET @SW@ = false).';
     end if;

@@ -23,13 +23,13 @@ begin
     for t in
         select * from (values
             (mu.relation, 'usersync_after_insert',
-             'after insert on %s referencing new table as new_rows for each statement execute function usersync._g_on_users_insert()'),
+             'after insert on %s referencing new table as new_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_insert()'),
             (mu.relation, 'usersync_after_update',
-             'after update on %s referencing old table as old_rows new table as new_rows for each statement execute function usersync._g_on_users_update()'),
+             'after update on %s referencing old table as old_rows new table as new_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_update()'),
             (mu.relation, 'usersync_after_delete',
-             'after delete on %s referencing old table as old_rows for each statement execute function usersync._g_on_users_delete()'),
+             'after delete on %s referencing old table as old_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_delete()'),
             (mu.relation, 'usersync_before_truncate',
-             'before truncate on %s for each statement execute function usersync._g_on_users_truncate()'),
+             'before truncate on %s for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_truncate()'),
             -- Contacts: row triggers that the engine's own writes skip (WHEN is checked before the
             -- function is even called), so syncing a million contacts pays nothing for them.
             (mc.relation, 'usersync_after_update',
@@ -39,7 +39,7 @@ begin
             (mc.relation, 'usersync_after_delete',
              'after delete on %s for each row when (current_user <> ''usersync_engine'') execute function usersync._g_on_contact_delete_after()'),
             (mc.relation, 'usersync_before_truncate',
-             'before truncate on %s for each statement execute function usersync._g_on_contacts_truncate()')
+             'before truncate on %s for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_contacts_truncate()')
         ) v(rel, name, def)
     loop
         wanted := pg_catalog.format('create trigger %I ', t.name) || pg_catalog.format(t.def, t.rel);

@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "f0757d7e773a765bf627e90ea26d8a378877b6fe9f326089ec7d4eac2297c758"
+SHA256 = "d9df8e3b126bd119dceb21206c26354713e8345313ef3d5c23959ececbb20459"
 
 
 def upgrade() -> None:
