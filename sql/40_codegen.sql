@@ -1,7 +1,7 @@
 -- 40_codegen.sql: the generator of the engine's specialised functions.
 --
 -- Why generate: a trigger that builds SQL per row with EXECUTE is re-planned every time and is
--- several times slower than static SQL (docs/design.md). So whenever the mapping or a module
+-- several times slower than static SQL (docs/sql-api.md, "Design"). So whenever the mapping or a module
 -- table changes, usersync._generate() rewrites the _g_* functions as plain static PL/pgSQL with
 -- the table names, column lists and mapping version written in. Templates below use @NAME@
 -- placeholders; every identifier is quoted with quote_ident/%I before it is substituted.

@@ -49,7 +49,7 @@ def test_a_user_sourced_contact_cannot_be_changed_or_deleted(writer, conn, pair,
 
 
 def test_session_settings_do_not_make_an_application_the_engine(app_conn, conn, pair):
-    uid, cid = pair
+    _uid, cid = pair
     for name in ("usersync.engine", "usersync.bypass", "usersync.role", "usersync.in_sync"):
         app_conn.execute("select set_config(%s, 'on', false)", [name])
     app_conn.execute("set application_name = 'usersync_engine'")
@@ -74,7 +74,7 @@ def test_deleting_a_user_keeps_its_contact_unlinked_by_default(writer, conn, pai
 
 
 def test_deleting_a_user_deletes_its_contact_when_the_toggle_is_on(writer, conn, admin_conn, pair):
-    uid, cid = pair
+    uid, _cid = pair
     plain = one(conn, "insert into contacts (first_name) values ('Plain') returning id")
     admin_conn.execute("update usersync.settings set delete_contact_with_user = true")
     writer.execute("delete from users where id = %s", [uid])
@@ -137,7 +137,7 @@ class TestReversedPair:
         assert one(conn, "select count(*) from usersync.links") == 0
 
     def test_deleting_the_contact_deletes_the_user_when_the_toggle_is_on(self, writer, conn, admin_conn, reversed_pair):
-        uid, cid = reversed_pair
+        _uid, cid = reversed_pair
         admin_conn.execute("update usersync.settings set delete_user_with_contact = true")
         writer.execute("delete from contacts where id = %s", [cid])
         assert one(conn, "select count(*) from users") == 0
@@ -156,7 +156,7 @@ class TestReversedPair:
         assert mismatches(conn) == []
 
     def test_re_enabling_the_switch_makes_the_user_the_source_again(self, conn, reversed_pair):
-        uid, cid = reversed_pair
+        uid, _cid = reversed_pair
         conn.execute("update users set sync_to_contact = false where id = %s", [uid])
         conn.execute("update users set sync_to_contact = true where id = %s", [uid])
         assert one(conn, "select source from usersync.synchronized_contacts where user_id = %s", [uid]) == "user"

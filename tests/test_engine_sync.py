@@ -22,7 +22,8 @@ def test_user_inserted_with_switch_on_gets_a_contact_in_the_same_transaction(wri
         # Visible before commit, to the writer itself: same transaction.
         cid = one(writer, "select id from contacts where email = 'a@example.org'")
     c = contact(conn, cid)
-    assert (c["first_name"], c["last_name"], c["email"], c["department"]) == ("Alice", "Liddell", "a@example.org", "R&D")
+    fields = (c["first_name"], c["last_name"], c["email"], c["department"])
+    assert fields == ("Alice", "Liddell", "a@example.org", "R&D")
     assert c["title"] is None  # academic_title is not mapped by default
     assert one(conn, "select source, up_to_date from usersync.synchronized_contacts where user_id = %s", [uid]) == (
         "user", True)
@@ -131,7 +132,8 @@ def test_insert_on_conflict_and_merge_on_users_sync_the_contacts(writer, conn):
     writer.execute("""merge into users u using (values ('jill', 'Gillian'), ('kate', 'Kate')) v(login, name)
                       on u.login = v.login
                       when matched then update set first_name = v.name
-                      when not matched then insert (login, first_name, sync_to_contact) values (v.login, v.name, true)""")
+                      when not matched then
+                        insert (login, first_name, sync_to_contact) values (v.login, v.name, true)""")
     names = {r[0] for r in conn.execute("select first_name from contacts")}
     assert names == {"Jacques", "Gillian", "Kate"}
     assert mismatches(conn) == []
@@ -150,7 +152,7 @@ def test_a_value_the_contact_cannot_hold_fails_the_statement_naming_user_contact
     assert f"user {uid}" in err.diag.message_primary and f"contact {cid}" in err.diag.message_primary
     assert '"code"' in err.diag.message_primary and '"short_code"' in err.diag.message_primary
     assert err.diag.message_hint and err.diag.message_detail
-    assert one(conn, "select (code, first_name) from users where id = %s", [uid]) == ("ok", None)
+    assert one(conn, "select code, first_name from users where id = %s", [uid]) == ("ok", None)
     with pytest.raises(psycopg.Error) as info:
         conn.execute("insert into users (login, code, sync_to_contact) values ('lea', 'far too long', true)")
     assert info.value.sqlstate == "22001" and "(new)" in info.value.diag.message_primary

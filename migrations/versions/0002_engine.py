@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "d9df8e3b126bd119dceb21206c26354713e8345313ef3d5c23959ececbb20459"
+SHA256 = "8c717e804c11deba34fa68d57ad02a4bcd0722a0b654a08d324bd0a6121320ab"
 
 
 def upgrade() -> None:

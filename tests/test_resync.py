@@ -1,0 +1,83 @@
+"""The actions: "Synchronize users" (sync_users) and "Update all synchronized users" (resync_all)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
+
+
+@pytest.fixture
+def users(conn) -> list[int]:
+    conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
+                 " select 'u' || g, 'First ' || g, 'T' || g, true from generate_series(1, 25) g")
+    return [r[0] for r in conn.execute("select id from users order by id")]
+
+
+def test_resync_all_brings_every_pair_up_to_date_in_committed_batches(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 25
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+    assert one(conn, "select count(*) from contacts where title like 'T%%'") == 25
+    state = one(conn, "select total, synced, failed, finished_at is not null from usersync.resync_state")
+    assert state == (25, 25, 0, True)
+    assert mismatches(conn) == []
+
+
+def test_resync_steps_commit_and_an_interrupted_run_resumes(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    first = one(admin_conn, "select done, batch_synced, synced, total from usersync.resync_step(10)")
+    assert first == (False, 10, 10, 25)
+    # The run is interrupted here; its first batch stays committed.
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where up_to_date") == 10
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select synced, failed from usersync.resync_state") == (25, 0)
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+
+
+def test_a_pair_that_fails_is_recorded_and_does_not_stop_the_run(conn, admin_conn, users):
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    conn.execute("update users set academic_title = 'Professor' where id = %s", [users[5]])
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select synced, failed from usersync.resync_state") == (24, 1)
+    err = one(conn, "select user_id, contact_id, field, sqlstate from usersync.sync_errors")
+    assert err == (users[5], contact_id(conn, users[5]), "academic_title -> short_title", "22001")
+    # Fixed at the source: the next sync of that pair clears the error.
+    conn.execute("update users set academic_title = 'Pr' where id = %s", [users[5]])
+    assert one(admin_conn, "select usersync.sync_users(%s)", [[users[5]]]) == 1
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0
+
+
+def test_resync_rejects_a_bad_batch_size(admin_conn):
+    with raises_sqlstate("US006"):
+        admin_conn.execute("call usersync.resync_all(0)")
+
+
+def test_resync_all_inside_a_transaction_block_explains_itself(admin_conn, users):
+    with pytest.raises(psycopg.errors.InvalidTransactionTermination), admin_conn.transaction():
+        admin_conn.execute("call usersync.resync_all(10)")
+
+
+def test_sync_users_repairs_a_missing_contact_and_a_missing_link(conn, admin_conn):
+    a = add_user(conn, "a", first_name="A")
+    gone = contact_id(conn, a)
+    # Writes that bypass triggers (a superuser in replica mode): a contact vanishes, a user
+    # appears switched on without a contact.
+    conn.execute("set session_replication_role = replica")
+    conn.execute("delete from contacts where id = %s", [gone])
+    b = one(conn, "insert into users (login, first_name, sync_to_contact) values ('b', 'B', true) returning id")
+    conn.execute("set session_replication_role = origin")
+    assert one(admin_conn, "select usersync.sync_users()") == 2
+    assert contact_id(conn, a) not in (None, gone)
+    assert contact(conn, contact_id(conn, b))["first_name"] == "B"
+    assert mismatches(conn) == []
+
+
+def test_sync_users_of_given_ids_and_unknown_ids(conn, admin_conn):
+    a = add_user(conn, "a")
+    off = add_user(conn, "off", sync=False)
+    assert one(admin_conn, "select usersync.sync_users(%s)", [[a, off]]) == 1
+    with raises_sqlstate("US006", match="unknown user id(s): 999999"):
+        admin_conn.execute("select usersync.sync_users(array[%s, 999999]::bigint[])", [a])

@@ -1,0 +1,82 @@
+"""Security: nothing for PUBLIC, pinned search paths, and what each role may do."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import add_user, one
+
+
+def test_nothing_in_usersync_is_granted_to_public(conn):
+    rows = conn.execute("""
+        select 'schema', nspname from pg_namespace, aclexplode(nspacl) a
+         where nspname = 'usersync' and a.grantee = 0
+        union all
+        select 'relation', c.relname from pg_class c, aclexplode(c.relacl) a
+         where c.relnamespace = 'usersync'::regnamespace and a.grantee = 0
+        union all
+        select 'function', p.proname from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+         where p.pronamespace = 'usersync'::regnamespace and a.grantee = 0""").fetchall()
+    assert rows == []
+
+
+def test_every_security_definer_function_pins_an_empty_search_path(conn):
+    rows = conn.execute("""
+        select p.proname from pg_proc p
+         where p.pronamespace = 'usersync'::regnamespace and p.prosecdef
+           and not coalesce('search_path=""' = any(p.proconfig), false)""").fetchall()
+    assert rows == []
+    assert one(conn, "select count(*) from pg_proc where pronamespace = 'usersync'::regnamespace and prosecdef") > 20
+
+
+def test_the_engine_owns_the_functions_that_write(conn):
+    rows = conn.execute("""
+        select p.proname from pg_proc p
+         where p.pronamespace = 'usersync'::regnamespace and p.prosecdef
+           and pg_get_userbyid(p.proowner) <> 'usersync_engine'""").fetchall()
+    assert rows == []
+
+
+@pytest.mark.parametrize("statement", [
+    "select * from usersync.field_mapping",
+    "insert into usersync.field_mapping values ('academic_title', 'title')",
+    "update usersync.settings set delete_contact_with_user = true",
+    "delete from usersync.links",
+    "insert into usersync.links values (1, 1, 'user', true, 1)",
+    "delete from usersync.sync_errors",
+    "select usersync.sync_users()",
+    "call usersync.resync_all()",
+    "select usersync.set_sync_source(1, 'contact')",
+    "select usersync.reset_field_mapping()",
+    "select usersync._generate()",
+    "select usersync._g_refresh(array[1::bigint])",
+])
+def test_an_application_role_cannot_touch_the_engine(app_conn, conn, statement):
+    add_user(conn, "a")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app_conn.execute(statement)
+
+
+def test_an_administrator_configures_and_runs_the_sync_but_cannot_forge_links(admin_conn, conn):
+    add_user(conn, "a")
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    admin_conn.execute("update usersync.settings set delete_contact_with_user = true")
+    assert one(admin_conn, "select usersync.sync_users()") == 1
+    admin_conn.execute("call usersync.resync_all()")
+    for statement in ("delete from usersync.links", "update usersync.mapping_state set version = 0",
+                      "delete from usersync.settings", "select usersync._generate()"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            admin_conn.execute(statement)
+
+
+def test_objects_in_pg_temp_or_public_named_like_the_engines_are_ignored(app_conn, conn):
+    # A role that can create objects shadows what an unqualified engine would resolve.
+    conn.execute("grant create on schema public to usersync_test_app")
+    app_conn.execute("create temp table links (user_id bigint, contact_id bigint)")
+    app_conn.execute("create temp table contacts (id bigint, first_name text)")
+    app_conn.execute("create function public.nextval(regclass) returns bigint language sql as 'select 0::bigint'")
+    app_conn.execute("set search_path = pg_temp, public")
+    uid = add_user(app_conn, "a", first_name="A")
+    assert one(conn, "select first_name from public.contacts c join usersync.links l on l.contact_id = c.id"
+                     " where l.user_id = %s", [uid]) == "A"
+    assert one(app_conn, "select count(*) from pg_temp.contacts") == 0
