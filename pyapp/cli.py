@@ -1,44 +1,103 @@
-"""The `usersync` command line: migrations, the demo, and (later) the admin actions."""
+"""The `usersync` command line: a thin shell over pyapp.admin (the engine does the work).
+
+Exit codes: 0 success; 1 a failure the user can fix (the server's message and hint are printed,
+never a traceback); 2 a usage error.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from pyapp import config, migrate
+from pyapp import admin, config, errors, migrate, progress, server
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="usersync: Users → Contacts sync in PostgreSQL",
+    help="usersync: keeps the Contacts module synchronized from the Users module, inside PostgreSQL.",
 )
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (Alembic).")
+mapping_app = typer.Typer(no_args_is_help=True, help="The field mapping (which user field fills which contact field).")
+settings_app = typer.Typer(no_args_is_help=True, help="Delete behaviour.")
 app.add_typer(db_app, name="db")
+app.add_typer(mapping_app, name="mapping")
+app.add_typer(settings_app, name="settings")
 
-err = Console(stderr=True)
 out = Console()
+err = Console(stderr=True, soft_wrap=True)  # messages stay on one line, for grep and logs
 
 DatabaseUrl = Annotated[
     str | None,
     typer.Option("--database-url", help="postgresql://… (default: $DATABASE_URL, else the embedded local server)"),
 ]
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 class Failure(Exception):
-    """A failure the user can fix: printed as a message, exit code 1, never a traceback."""
+    """A failure the user can fix: printed as a message, exit code 1."""
 
 
-def _resolve(database_url: str | None) -> config.Database:
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn the errors a user can act on into a message and exit code 1."""
     try:
-        return config.resolve(database_url)
-    except (psycopg.Error, RuntimeError, LookupError) as exc:
-        raise Failure(str(exc)) from exc
+        yield
+    except typer.Exit:
+        raise
+    except errors.UsersyncError as exc:
+        code = f" {exc.sqlstate}" if exc.sqlstate else ""
+        err.print(f"[red]error{code}:[/red] {exc.message}", highlight=False)
+        if exc.detail:
+            err.print(f"[dim]detail:[/dim] {exc.detail}", highlight=False)
+        if exc.hint:
+            err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
+        raise typer.Exit(1) from exc
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]cannot reach the database:[/red] {str(exc).strip()}", highlight=False)
+        raise typer.Exit(1) from exc
+    except psycopg.Error as exc:
+        diag = exc.diag
+        err.print(f"[red]error {exc.sqlstate or ''}:[/red] {diag.message_primary or exc}", highlight=False)
+        if diag.message_hint:
+            err.print(f"[yellow]hint:[/yellow] {diag.message_hint}", highlight=False)
+        raise typer.Exit(1) from exc
+    except (Failure, LookupError, server.EmbeddedServerUnavailable) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
 
+
+@contextmanager
+def connection(database_url: str | None) -> Iterator[psycopg.Connection]:
+    with failures():
+        db = config.resolve(database_url)
+        with admin.connect(db) as conn:
+            yield conn
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
+
+
+def table(title: str | None, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    columns = columns or (list(rows[0]) if rows else [])
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    return t
+
+
+# --- db -----------------------------------------------------------------------------------------
 
 @db_app.command("upgrade")
 def db_upgrade(
@@ -50,9 +109,10 @@ def db_upgrade(
     if sql:
         sys.stdout.write(migrate.upgrade_sql(revision))
         return
-    db = _resolve(database_url)
-    migrate.upgrade(db, revision)
-    err.print(f"upgraded {db.describe()} to {migrate.current(db)}")
+    with failures():
+        db = config.resolve(database_url)
+        migrate.upgrade(db, revision)
+        err.print(f"upgraded {db.describe()} to {migrate.current(db)}")
 
 
 @db_app.command("downgrade")
@@ -61,16 +121,201 @@ def db_downgrade(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revert migrations down to REVISION."""
-    db = _resolve(database_url)
-    migrate.downgrade(db, revision)
-    err.print(f"downgraded {db.describe()} to {migrate.current(db) or 'base'}")
+    with failures():
+        db = config.resolve(database_url)
+        migrate.downgrade(db, revision)
+        err.print(f"downgraded {db.describe()} to {migrate.current(db) or 'base'}")
 
 
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the revision the database is at ('base' when none)."""
-    db = _resolve(database_url)
-    out.print(migrate.current(db) or "base")
+    with failures():
+        out.print(migrate.current(config.resolve(database_url)) or "base")
+
+
+# --- read commands ------------------------------------------------------------------------------
+
+@app.command("status")
+def status(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """Pairs synced, stale, failed, reversed; the delete toggles; the server."""
+    with connection(database_url) as conn:
+        st = admin.status(conn)
+    if as_json:
+        emit_json(st)
+        return
+    s = st["server"]
+    out.print(f"[bold]{s['database']}[/bold] on PostgreSQL {s['version']} (mapping version {s['mapping_version']})")
+    out.print(table(None, [{"pairs": st["pairs"], "up to date": st["pairs"] - st["stale"], "stale": st["stale"],
+                            "failed": st["failed"], "reversed": st["reversed"]}]))
+    for name, value in st["settings"].items():
+        out.print(f"{name.replace('_', ' ')}: {'on' if value else 'off'}")
+    if st["stale"]:
+        out.print("[yellow]The mapping changed since some pairs were synced: run `usersync resync`.[/yellow]")
+
+
+@app.command("fields")
+def fields(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """The metadata fields of both modules, with labels and types."""
+    with connection(database_url) as conn:
+        rows = admin.fields(conn)
+    if as_json:
+        emit_json(rows)
+        return
+    out.print(table("Metadata fields", rows, ["module", "field", "label", "data_type"]))
+
+
+# --- mapping --------------------------------------------------------------------------------------
+
+@mapping_app.command("show")
+def mapping_show(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """The two columns side by side, as on the admin screen."""
+    with connection(database_url) as conn:
+        screen = admin.mapping_screen(conn)
+    if as_json:
+        emit_json(screen)
+        return
+    t = Table(title="Field mapping", title_justify="left")
+    t.add_column("Users module")
+    t.add_column("")
+    t.add_column("Contacts module")
+    for p in screen["mapped"]:
+        t.add_row(f"{p['user_label']} ({p['user_field']})", "→", f"{p['contact_label']} ({p['contact_field']})")
+    for f in screen["empty_contact_fields"]:
+        t.add_row("", "", f"[dim]{f['label']} ({f['field']}): stays empty[/dim]")
+    out.print(t)
+    if screen["unmapped_user_fields"]:
+        names = ", ".join(f["field"] for f in screen["unmapped_user_fields"])
+        out.print(f"[dim]User fields not transferred: {names}[/dim]")
+
+
+@mapping_app.command("set")
+def mapping_set(user_field: str, contact_field: str, database_url: DatabaseUrl = None) -> None:
+    """Map USER_FIELD to CONTACT_FIELD (replaces USER_FIELD's earlier target)."""
+    with connection(database_url) as conn:
+        admin.set_mapping(conn, user_field, contact_field)
+    err.print(f"mapped {user_field} → {contact_field}; existing contacts change on the next `usersync resync`")
+
+
+@mapping_app.command("remove")
+def mapping_remove(user_field: str, database_url: DatabaseUrl = None) -> None:
+    """Delete the mapping of USER_FIELD (its contact field stays empty from the next sync)."""
+    with connection(database_url) as conn:
+        admin.remove_mapping(conn, user_field)
+    err.print(f"removed the mapping of {user_field}")
+
+
+@mapping_app.command("clear")
+def mapping_clear(database_url: DatabaseUrl = None) -> None:
+    """Delete every mapping."""
+    with connection(database_url) as conn:
+        n = admin.clear_mapping(conn)
+    err.print(f"removed {n} mappings")
+
+
+@mapping_app.command("reset")
+def mapping_reset(database_url: DatabaseUrl = None) -> None:
+    """Restore the default: every field both modules have."""
+    with connection(database_url) as conn:
+        n = admin.reset_mapping(conn)
+    err.print(f"restored the default mapping ({n} fields)")
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+@settings_app.command("show")
+def settings_show(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """The delete toggles."""
+    with connection(database_url) as conn:
+        st = admin.settings(conn)
+    if as_json:
+        emit_json(st)
+        return
+    for name, value in st.items():
+        out.print(f"{name.replace('_', '-')}: {'on' if value else 'off'}")
+
+
+@settings_app.command("set")
+def settings_set(
+    name: Annotated[str, typer.Argument(help="delete-contact-with-user or delete-user-with-contact")],
+    value: Annotated[str, typer.Argument(help="on or off")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Switch a delete toggle on or off."""
+    key = name.replace("-", "_")
+    if key not in admin.SETTINGS:
+        raise typer.BadParameter(
+            f"unknown setting {name!r}; one of: delete-contact-with-user, delete-user-with-contact")
+    if value.lower() not in ("on", "off", "true", "false"):
+        raise typer.BadParameter("the value is on or off")
+    with connection(database_url) as conn:
+        admin.set_setting(conn, key, value.lower() in ("on", "true"))
+    err.print(f"{name}: {value.lower()}")
+
+
+# --- actions -------------------------------------------------------------------------------------------
+
+@app.command("sync")
+def sync(
+    user_ids: Annotated[
+        list[int] | None, typer.Argument(help="user ids (default: every user whose switch is on)")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    as_json: Json = False,
+) -> None:
+    """"Synchronize users": sync (and repair) the given users' contacts."""
+    with connection(database_url) as conn:
+        n = admin.sync_users(conn, user_ids)
+    if as_json:
+        emit_json({"synced": n})
+    else:
+        out.print(f"synchronized {n} users")
+
+
+@app.command("resync")
+def resync(
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="pairs per committed batch")] = 1000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="change nothing; show what would change")] = False,
+    database_url: DatabaseUrl = None,
+    as_json: Json = False,
+) -> None:
+    """"Update all synchronized users": re-apply the mapping to every pair. Ctrl-C stops after the
+    current batch; running it again continues."""
+    with connection(database_url) as conn:
+        if dry_run:
+            preview = admin.preview_resync(conn)
+            if as_json:
+                emit_json(preview)
+                return
+            out.print(f"{preview['would_change']} of {preview['pairs']} synchronized contacts would change "
+                      f"({preview['stale']} stale); nothing was changed.")
+            if preview["changes"]:
+                out.print(table("Examples", preview["changes"], ["user_id", "contact_id", "field", "from", "to"]))
+            return
+        report = progress.run_resync(conn, batch_size, out, err, quiet=as_json)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        out.print(f"synced {report.synced} of {report.total} pairs: {report.changed} changed, "
+                  f"{report.unchanged} unchanged, {report.failed} failed")
+        for f in report.failures:
+            out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
+                      f"{f['sqlstate']} {f['message']}", highlight=False)
+    if not report.done:
+        err.print("[yellow]stopped after the current batch: run `usersync resync` again to continue[/yellow]")
+        raise typer.Exit(1)
+
+
+@app.command("direction")
+def direction(
+    user_id: int,
+    source: Annotated[str, typer.Argument(help="user (the default direction) or contact (reversed)")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Reverse a pair (contact) or restore it (user)."""
+    with connection(database_url) as conn:
+        admin.set_direction(conn, user_id, source)
+    err.print(f"user {user_id}: the {source} is now the data source")
 
 
 @app.command("demo")
@@ -78,15 +323,9 @@ def demo(database_url: DatabaseUrl = None) -> None:
     """Tell the help article's story against a real database."""
     from pyapp import demo as demo_module
 
-    demo_module.run(database_url, out)
+    with failures():
+        demo_module.run(database_url, out)
 
 
 def main() -> None:
-    try:
-        app()
-    except Failure as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        sys.exit(1)
-    except psycopg.OperationalError as exc:
-        err.print(f"[red]cannot reach the database:[/red] {exc}".rstrip())
-        sys.exit(1)
+    app()

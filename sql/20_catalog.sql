@@ -79,7 +79,8 @@ create table if not exists usersync.resync_state (
     mapping_version bigint not null,
     after_user_id   bigint,
     total           bigint not null,
-    synced          bigint not null default 0,
+    synced          bigint not null default 0,  -- pairs brought up to date
+    changed         bigint not null default 0,  -- of which a target row was rewritten
     failed          bigint not null default 0
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';

@@ -30,8 +30,8 @@ $body$;
 $tpl$),
 
 ('_g_refresh(bigint[])', $tpl$
-create or replace function usersync._g_refresh(p_user_ids bigint[])
-returns bigint language plpgsql security definer set search_path = '' as $body$
+create or replace function usersync._g_refresh(p_user_ids bigint[], out synced bigint, out changed bigint)
+language plpgsql security definer set search_path = '' as $body$
 declare
     n bigint;
 begin
@@ -42,6 +42,7 @@ begin
       from @U@ u join usersync.links l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
+    get diagnostics changed = row_count;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
         perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
@@ -49,15 +50,16 @@ begin
           from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
+        get diagnostics n = row_count;
+        changed := changed + n;
     end if;
     -- Every pair whose two rows exist is now the image of its source under mapping @V@.
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
       from @U@ u
      where u.@UK@ = l.user_id and l.user_id = any(p_user_ids) and l.active and u.@SW@
        and exists (select from @C@ c where c.@CK@ = l.contact_id);
-    get diagnostics n = row_count;
+    get diagnostics synced = row_count;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
-    return n;
 end
 $body$;
 $tpl$),
@@ -84,7 +86,7 @@ begin
         select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s)
     insert into @C@ (@CK@, @C_COLS@) @OVR@
     select s.usersync_new_contact_id, @C_IMG_S@ from s;
-    return usersync._g_refresh(p_user_ids);
+    return (usersync._g_refresh(p_user_ids)).synced;
 end
 $body$;
 $tpl$),

@@ -34,7 +34,8 @@ comment on function usersync.sync_users(bigint[]) is
     '"Synchronize users": (re)syncs the given users (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
 
 create or replace function usersync.resync_step(batch_size integer default 1000)
-returns table (done boolean, batch_synced bigint, batch_failed bigint, synced bigint, failed bigint, total bigint)
+returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_failed bigint,
+               synced bigint, changed bigint, failed bigint, total bigint)
 language plpgsql
 security definer
 set search_path = ''
@@ -44,7 +45,9 @@ declare
     st usersync.resync_state;
     ids bigint[];
     ok bigint := 0;
+    rewritten bigint := 0;
     bad bigint := 0;
+    r record;
     uid bigint;
     d record;
     e_state text;
@@ -63,7 +66,7 @@ begin
                 null, (select count(*) from usersync.links where active))
         on conflict (singleton) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
-               after_user_id = null, total = excluded.total, synced = 0, failed = 0
+               after_user_id = null, total = excluded.total, synced = 0, changed = 0, failed = 0
         returning * into st;
     end if;
 
@@ -72,19 +75,24 @@ begin
                   order by l.user_id limit resync_step.batch_size);
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
-        return query select true, 0::bigint, 0::bigint, st.synced, st.failed, st.total;
+        return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
 
     begin
-        ok := usersync._g_refresh(ids);
+        select * into r from usersync._g_refresh(ids);
+        ok := r.synced;
+        rewritten := r.changed;
     exception when data_exception or integrity_constraint_violation then
         -- Some pair in the batch holds a value its target cannot take: redo the batch pair by
         -- pair so the others still sync, and record each failure with its field.
         ok := 0;
+        rewritten := 0;
         foreach uid in array ids loop
             begin
-                ok := ok + usersync._g_refresh(array[uid]);
+                select * into r from usersync._g_refresh(array[uid]);
+                ok := ok + r.synced;
+                rewritten := rewritten + r.changed;
             exception when data_exception or integrity_constraint_violation then
                 get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
                 select * into d from usersync._diagnose(uid);
@@ -101,9 +109,10 @@ begin
     end;
 
     update usersync.resync_state
-       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, failed = failed + bad
+       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, changed = changed + rewritten,
+           failed = failed + bad
     returning * into st;
-    return query select false, ok, bad, st.synced, st.failed, st.total;
+    return query select false, ok, rewritten, bad, st.synced, st.changed, st.failed, st.total;
 end
 $$;
 comment on function usersync.resync_step(integer) is

@@ -75,6 +75,7 @@ alter function usersync._explain_failure(bigint[]) owner to usersync_engine;
 alter function usersync.sync_users(bigint[]) owner to usersync_engine;
 alter function usersync.resync_step(integer) owner to usersync_engine;
 alter function usersync.set_sync_source(bigint, text) owner to usersync_engine;
+alter function usersync.preview_resync(integer) owner to usersync_engine;
 alter function usersync._check_dependencies() owner to usersync_engine;
 alter function usersync._on_sql_drop() owner to usersync_engine;
 alter function usersync._on_ddl_end() owner to usersync_engine;
@@ -100,7 +101,7 @@ grant insert, update, delete, truncate on usersync.field_mapping to usersync_adm
 grant update (delete_contact_with_user, delete_user_with_contact) on usersync.settings to usersync_admin;
 grant execute on function usersync.sync_users(bigint[]), usersync.resync_step(integer),
                           usersync.set_sync_source(bigint, text), usersync.reset_field_mapping(),
-                          usersync.default_field_mapping() to usersync_admin;
+                          usersync.default_field_mapping(), usersync.preview_resync(integer) to usersync_admin;
 grant execute on procedure usersync.resync_all(integer) to usersync_admin;
 
 -- First install only: the default mapping (which also generates the engine). Later runs keep

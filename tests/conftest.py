@@ -79,3 +79,9 @@ def admin_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Conne
     """An administrator's connection: a member of usersync_admin, not a superuser."""
     with _connect(pg_server, dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD) as c:
         yield c
+
+
+@pytest.fixture
+def admin_url(pg_server: harness.Server, dbname: str) -> str:
+    """The test database as the administrator role, in libpq form (what DATABASE_URL takes)."""
+    return pg_server.conninfo(dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD)

@@ -48,7 +48,12 @@ def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
     try:
         result = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
         assert result.exit_code == 0, result.output
-        assert "psql" in result.stdout
+        story = result.stdout
+        for line in ("refused, US001", "refused, US002", "resync: 2 pairs synced", "Explore the same database"):
+            assert line in story
+        # A second run refuses: the database now holds data.
+        again = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
+        assert again.exit_code == 1 and "already holds data" in again.stderr
         with psycopg.connect(db.conninfo) as conn:
             assert conn.execute("select to_regnamespace('usersync') is not null").fetchone() == (True,)
     finally:

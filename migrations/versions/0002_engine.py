@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "8c717e804c11deba34fa68d57ad02a4bcd0722a0b654a08d324bd0a6121320ab"
+SHA256 = "f2cad2880a79e1630940870a8c2d33eddfe39c4d9a861a225d17eec7cd67a6c7"
 
 
 def upgrade() -> None:

@@ -79,7 +79,8 @@ create table if not exists usersync.resync_state (
     mapping_version bigint not null,
     after_user_id   bigint,
     total           bigint not null,
-    synced          bigint not null default 0,
+    synced          bigint not null default 0,  -- pairs brought up to date
+    changed         bigint not null default 0,  -- of which a target row was rewritten
     failed          bigint not null default 0
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
@@ -592,8 +593,8 @@ $body$;
 $tpl$),
 
 ('_g_refresh(bigint[])', $tpl$
-create or replace function usersync._g_refresh(p_user_ids bigint[])
-returns bigint language plpgsql security definer set search_path = '' as $body$
+create or replace function usersync._g_refresh(p_user_ids bigint[], out synced bigint, out changed bigint)
+language plpgsql security definer set search_path = '' as $body$
 declare
     n bigint;
 begin
@@ -604,6 +605,7 @@ begin
       from @U@ u join usersync.links l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
+    get diagnostics changed = row_count;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
         perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
@@ -611,15 +613,16 @@ begin
           from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
+        get diagnostics n = row_count;
+        changed := changed + n;
     end if;
     -- Every pair whose two rows exist is now the image of its source under mapping @V@.
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
       from @U@ u
      where u.@UK@ = l.user_id and l.user_id = any(p_user_ids) and l.active and u.@SW@
        and exists (select from @C@ c where c.@CK@ = l.contact_id);
-    get diagnostics n = row_count;
+    get diagnostics synced = row_count;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
-    return n;
 end
 $body$;
 $tpl$),
@@ -646,7 +649,7 @@ begin
         select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s)
     insert into @C@ (@CK@, @C_COLS@) @OVR@
     select s.usersync_new_contact_id, @C_IMG_S@ from s;
-    return usersync._g_refresh(p_user_ids);
+    return (usersync._g_refresh(p_user_ids)).synced;
 end
 $body$;
 $tpl$),
@@ -969,7 +972,8 @@ comment on function usersync.sync_users(bigint[]) is
     '"Synchronize users": (re)syncs the given users (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
 
 create or replace function usersync.resync_step(batch_size integer default 1000)
-returns table (done boolean, batch_synced bigint, batch_failed bigint, synced bigint, failed bigint, total bigint)
+returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_failed bigint,
+               synced bigint, changed bigint, failed bigint, total bigint)
 language plpgsql
 security definer
 set search_path = ''
@@ -979,7 +983,9 @@ declare
     st usersync.resync_state;
     ids bigint[];
     ok bigint := 0;
+    rewritten bigint := 0;
     bad bigint := 0;
+    r record;
     uid bigint;
     d record;
     e_state text;
@@ -998,7 +1004,7 @@ begin
                 null, (select count(*) from usersync.links where active))
         on conflict (singleton) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
-               after_user_id = null, total = excluded.total, synced = 0, failed = 0
+               after_user_id = null, total = excluded.total, synced = 0, changed = 0, failed = 0
         returning * into st;
     end if;
 
@@ -1007,19 +1013,24 @@ begin
                   order by l.user_id limit resync_step.batch_size);
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
-        return query select true, 0::bigint, 0::bigint, st.synced, st.failed, st.total;
+        return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
 
     begin
-        ok := usersync._g_refresh(ids);
+        select * into r from usersync._g_refresh(ids);
+        ok := r.synced;
+        rewritten := r.changed;
     exception when data_exception or integrity_constraint_violation then
         -- Some pair in the batch holds a value its target cannot take: redo the batch pair by
         -- pair so the others still sync, and record each failure with its field.
         ok := 0;
+        rewritten := 0;
         foreach uid in array ids loop
             begin
-                ok := ok + usersync._g_refresh(array[uid]);
+                select * into r from usersync._g_refresh(array[uid]);
+                ok := ok + r.synced;
+                rewritten := rewritten + r.changed;
             exception when data_exception or integrity_constraint_violation then
                 get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
                 select * into d from usersync._diagnose(uid);
@@ -1036,9 +1047,10 @@ begin
     end;
 
     update usersync.resync_state
-       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, failed = failed + bad
+       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, changed = changed + rewritten,
+           failed = failed + bad
     returning * into st;
-    return query select false, ok, bad, st.synced, st.failed, st.total;
+    return query select false, ok, rewritten, bad, st.synced, st.changed, st.failed, st.total;
 end
 $$;
 comment on function usersync.resync_step(integer) is
@@ -1091,6 +1103,76 @@ end
 $$;
 comment on function usersync.set_sync_source(bigint, text) is
     'Reverses a pair (''contact'': the contact becomes the data source) or restores it (''user'')';
+-- 55_preview.sql: what "Update all synchronized users" would change, without changing it.
+--
+-- usersync.preview_resync(examples) counts the pairs whose target differs from the image of its
+-- source under the current mapping, and shows a few field changes. It reads only (built with
+-- EXECUTE: an admin-time query, planned once per call).
+
+create or replace function usersync.preview_resync(examples integer default 5)
+returns table (pairs bigint, would_change bigint, stale bigint, changes jsonb)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    c_diff text;   -- per contact field: (field, current, new) when they differ (user-sourced)
+    u_diff text;   -- per mapped user field: (field, current, new) when they differ (reversed)
+    q text;
+begin
+    if examples is null or examples < 0 then
+        raise exception using errcode = 'US006', message = pg_catalog.format('invalid number of examples %s', examples),
+            hint = 'Pass 0 or more.';
+    end if;
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+
+    select string_agg(pg_catalog.format('(%L, c.%I::text, %s::text, c.%I is distinct from %s)',
+                                        f.field, f.field, x.img, f.field, x.img), ', ' order by f.position)
+      into c_diff
+      from usersync.metadata_fields f
+      left join usersync.field_mapping m on m.contact_field = f.field
+     cross join lateral (select case when m.user_field is null then 'null'
+                                     else pg_catalog.format('cast(u.%I as %s)', m.user_field, f.data_type) end) x(img)
+     where f.module = 'contacts';
+    select string_agg(pg_catalog.format(
+               '(%L, u.%I::text, cast(c.%I as %s)::text, u.%I is distinct from cast(c.%I as %s))',
+               m.user_field, m.user_field, m.contact_field, f.data_type, m.user_field, m.contact_field, f.data_type),
+             ', ' order by f.position)
+      into u_diff
+      from usersync.field_mapping m
+      join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field;
+
+    q := pg_catalog.format($q$
+        with diffs as (
+            select l.user_id, l.contact_id, l.mapping_version, d.field, d.cur, d.new, d.differs
+              from usersync.links l join %1$s u on u.%2$I = l.user_id join %3$s c on c.%4$I = l.contact_id
+             cross join lateral (values %5$s) d(field, cur, new, differs)
+             where l.active and l.source = 'user'
+            union all
+            select l.user_id, l.contact_id, l.mapping_version, d.field, d.cur, d.new, d.differs
+              from usersync.links l join %1$s u on u.%2$I = l.user_id join %3$s c on c.%4$I = l.contact_id
+             cross join lateral (values %6$s) d(field, cur, new, differs)
+             where l.active and l.source = 'contact'),
+        changed as (select * from diffs where differs)
+        select (select count(*) from usersync.links l where l.active),
+               (select count(distinct user_id) from changed),
+               (select count(*) from usersync.links l where l.active
+                   and l.mapping_version < (select s.version from usersync.mapping_state s)),
+               coalesce((select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                'user_id', x.user_id, 'contact_id', x.contact_id, 'field', x.field,
+                                'from', x.cur, 'to', x.new) order by x.user_id, x.field)
+                           from (select * from changed order by user_id, field limit %7$s) x), '[]')
+        $q$, mu.relation, mu.key_column, mc.relation, mc.key_column, c_diff,
+        coalesce(u_diff, '(null::text, null::text, null::text, false)'), examples);
+    return query execute q;
+end
+$$;
+comment on function usersync.preview_resync(integer) is
+    'Dry run of resync_all: pairs, how many would change, how many are stale, and a few example field changes';
 -- 60_ddl_guard.sql: event triggers that protect what the engine depends on.
 --
 -- Refused with US005: dropping a module table; dropping, renaming or retyping a column that the
@@ -1307,6 +1389,7 @@ alter function usersync._explain_failure(bigint[]) owner to usersync_engine;
 alter function usersync.sync_users(bigint[]) owner to usersync_engine;
 alter function usersync.resync_step(integer) owner to usersync_engine;
 alter function usersync.set_sync_source(bigint, text) owner to usersync_engine;
+alter function usersync.preview_resync(integer) owner to usersync_engine;
 alter function usersync._check_dependencies() owner to usersync_engine;
 alter function usersync._on_sql_drop() owner to usersync_engine;
 alter function usersync._on_ddl_end() owner to usersync_engine;
@@ -1332,7 +1415,7 @@ grant insert, update, delete, truncate on usersync.field_mapping to usersync_adm
 grant update (delete_contact_with_user, delete_user_with_contact) on usersync.settings to usersync_admin;
 grant execute on function usersync.sync_users(bigint[]), usersync.resync_step(integer),
                           usersync.set_sync_source(bigint, text), usersync.reset_field_mapping(),
-                          usersync.default_field_mapping() to usersync_admin;
+                          usersync.default_field_mapping(), usersync.preview_resync(integer) to usersync_admin;
 grant execute on procedure usersync.resync_all(integer) to usersync_admin;
 
 -- First install only: the default mapping (which also generates the engine). Later runs keep
