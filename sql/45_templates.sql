@@ -11,8 +11,10 @@
 -- which PostgreSQL evaluates as the caller. The engine's own writes to the modules never need
 -- the triggers (it keeps the links itself), so they skip them.
 --
--- Lock order, everywhere: users rows before contacts rows, each in key order. It is what keeps
--- deletes from both ends, resyncs and application writes free of deadlocks.
+-- Lock order, everywhere: a pair's source row before its target row (the user, or for a reversed
+-- pair the contact), each set in key order. An application's write locks the row it writes
+-- (always the source: targets are read-only) before any trigger runs, and the engine follows
+-- the same order in its own actions, so they never wait for each other in a cycle.
 
 create or replace function usersync._templates()
 returns table (fn text, tpl text)
@@ -20,11 +22,17 @@ language sql immutable
 set search_path = ''
 as $templates$
 values
-('_g_lock_users(bigint[])', $tpl$
-create or replace function usersync._g_lock_users(p_user_ids bigint[])
+('_g_lock_pair(bigint, bigint, text)', $tpl$
+create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)
 returns void language plpgsql security definer set search_path = '' as $body$
 begin
-    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for update;
+    if p_source = 'contact' then
+        perform from @C@ c where c.@CK@ = p_contact_id for update;
+        perform from @U@ u where u.@UK@ = p_user_id for update;
+    else
+        perform from @U@ u where u.@UK@ = p_user_id for update;
+        perform from @C@ c where c.@CK@ = p_contact_id for update;
+    end if;
 end
 $body$;
 $tpl$),
@@ -37,7 +45,11 @@ declare
 begin
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
-    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
+    -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
+    perform from @U@ u
+     where u.@UK@ = any(p_user_ids)
+       and not exists (select from usersync.links l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
+     order by u.@UK@ for share;
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join usersync.links l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
@@ -314,8 +326,6 @@ begin
             hint = pg_catalog.format('Delete user %s (the setting delete_contact_with_user decides what happens to the contact), '
                                      'or switch its synchronization off first', l.user_id);
     end if;
-    -- Reversed pair: lock the user before this contact row is locked, the engine's one lock order.
-    perform from @U@ u where u.@UK@ = l.user_id for update;
     return old;
 end
 $body$;

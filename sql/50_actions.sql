@@ -60,7 +60,10 @@ begin
     perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
     -- One run at a time: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state for update;
-    if not found or st.finished_at is not null then
+    -- A finished run, or none: start one. A run whose mapping changed between two batches starts
+    -- over too, or its earlier batches would stay on the old mapping when it reports finished.
+    if not found or st.finished_at is not null
+       or st.mapping_version <> (select version from usersync.mapping_state) then
         insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total)
         values (true, pg_catalog.now(), (select version from usersync.mapping_state),
                 null, (select count(*) from usersync.links where active))
@@ -144,6 +147,7 @@ set search_path = ''
 as $$
 declare
     l usersync.links;
+    linked boolean := false;
 begin
     if set_sync_source.source is null or set_sync_source.source not in ('user', 'contact') then
         raise exception using errcode = 'US006',
@@ -151,9 +155,20 @@ begin
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
     end if;
     perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
-    perform usersync._g_lock_users(array[set_sync_source.user_id]);
-    select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
-    if not found then
+    -- Lock the pair source first (as every writer does), then re-read: the direction may have
+    -- changed while this waited.
+    loop
+        select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
+        if not found then
+            exit;
+        end if;
+        perform usersync._g_lock_pair(l.user_id, l.contact_id, l.source);
+        if exists (select from usersync.links x where x.user_id = l.user_id and x.active and x.source = l.source) then
+            linked := true;
+            exit;
+        end if;
+    end loop;
+    if not linked then
         raise exception using errcode = 'US006',
             message = pg_catalog.format('user %s has no synchronized contact', set_sync_source.user_id),
             hint = 'Switch "Synchronize user to contact module" on for the user first.';

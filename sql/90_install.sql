@@ -72,6 +72,7 @@ alter function usersync.reset_field_mapping() owner to usersync_engine;
 alter function usersync._generate() owner to usersync_engine;
 alter function usersync._diagnose(bigint) owner to usersync_engine;
 alter function usersync._explain_failure(bigint[]) owner to usersync_engine;
+alter function usersync._field_fits(bigint[], text, text) owner to usersync_engine;
 alter function usersync.sync_users(bigint[]) owner to usersync_engine;
 alter function usersync.resync_step(integer) owner to usersync_engine;
 alter function usersync.set_sync_source(bigint, text) owner to usersync_engine;

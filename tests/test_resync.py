@@ -81,3 +81,12 @@ def test_sync_users_of_given_ids_and_unknown_ids(conn, admin_conn):
     assert one(admin_conn, "select usersync.sync_users(%s)", [[a, off]]) == 1
     with raises_sqlstate("US006", match="unknown user id(s): 999999"):
         admin_conn.execute("select usersync.sync_users(array[%s, 999999]::bigint[])", [a])
+
+
+def test_a_mapping_change_between_batches_restarts_the_run(conn, admin_conn, users):
+    admin_conn.execute("select * from usersync.resync_step(10)")
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select synced, total from usersync.resync_state") == (25, 25)
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+    assert mismatches(conn) == []

@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "f2cad2880a79e1630940870a8c2d33eddfe39c4d9a861a225d17eec7cd67a6c7"
+SHA256 = "6c69c0adb94c1a21b04e9617170ebf4e03390ddb8af3e91f2b1ede1f24dc4ba4"
 
 
 def upgrade() -> None:

@@ -342,8 +342,53 @@ begin
 end
 $$;
 
--- Raises the first diagnosed failure among the given users, with the original SQLSTATE;
--- returns quietly when none is found, so that the caller re-raises the original error.
+-- Does field uf -> cf go through for all of these users? One set-based attempt, always rolled
+-- back. Only this field's fault counts (a data error, or one naming one of its columns).
+create or replace function usersync._field_fits(p_user_ids bigint[], p_user_field text, p_contact_field text)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    st text;
+    col text;
+begin
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+    begin
+        -- user -> contact for user-sourced pairs (and users not linked yet)
+        execute pg_catalog.format(
+            'insert into %s (%I) select u.%I from %s u where u.%I = any($1)'
+            ' and not exists (select from usersync.links l where l.user_id = u.%I and l.active and l.source = ''contact'')',
+            mc.relation, p_contact_field, p_user_field, mu.relation, mu.key_column, mu.key_column)
+          using p_user_ids;
+        -- contact -> user for reversed pairs
+        execute pg_catalog.format(
+            'update %s u set %I = %s from %s c join usersync.links l on l.contact_id = c.%I'
+            ' where l.user_id = u.%I and l.active and l.source = ''contact'' and u.%I = any($1)',
+            mu.relation, p_user_field,
+            case when usersync._assignable(mc.relation, p_contact_field, mu.relation, p_user_field)
+                 then pg_catalog.format('c.%I', p_contact_field)
+                 else pg_catalog.format('c.%I::%s', p_contact_field, usersync._field_type('users', p_user_field)) end,
+            mc.relation, mc.key_column, mu.key_column, mu.key_column)
+          using p_user_ids;
+        raise sqlstate 'USX00';
+    exception
+        when sqlstate 'USX00' then return true;
+        when others then
+            get stacked diagnostics st = returned_sqlstate, col = column_name;
+            return not (st like '22%' or col in (p_user_field, p_contact_field));
+    end;
+end
+$$;
+
+-- Raises the failure among the given users with user, contact and field named, keeping the
+-- original SQLSTATE; returns quietly when none is found, so the caller re-raises the original.
+-- Set-based: each mapped field is tried for all users at once, and the failing one is narrowed
+-- down by halving, so a bad row 50,000 of a bulk insert costs a few dozen statements.
 create or replace function usersync._explain_failure(p_user_ids bigint[])
 returns void
 language plpgsql
@@ -351,25 +396,43 @@ security definer
 set search_path = ''
 as $$
 declare
+    m record;
+    ids bigint[];
+    half bigint[];
+    n integer;
     uid bigint;
     d record;
 begin
-    foreach uid in array coalesce(p_user_ids[1:1000], '{}') loop
-        select * into d from usersync._diagnose(uid);
-        if found then
-            if d.direction = 'contact' then
-                raise exception using errcode = d.sqlstate,
-                    message = pg_catalog.format('cannot synchronize contact %s to user %s: contact field "%s" does not fit user field "%s"',
-                                                d.contact_id, uid, d.contact_field, d.user_field),
-                    detail = d.message,
-                    hint = 'Correct the contact''s value, or change the field mapping (usersync.field_mapping).';
-            end if;
-            raise exception using errcode = d.sqlstate,
-                message = pg_catalog.format('cannot synchronize user %s to contact %s: user field "%s" does not fit contact field "%s"',
-                                            uid, coalesce(d.contact_id::text, '(new)'), d.user_field, d.contact_field),
-                detail = d.message,
-                hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
+    if p_user_ids is null or pg_catalog.cardinality(p_user_ids) = 0 then
+        return;
+    end if;
+    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
+        if usersync._field_fits(p_user_ids, m.user_field, m.contact_field) then
+            continue;
         end if;
+        ids := p_user_ids;
+        while pg_catalog.cardinality(ids) > 1 loop
+            n := pg_catalog.cardinality(ids) / 2;
+            half := ids[1:n];
+            ids := case when usersync._field_fits(half, m.user_field, m.contact_field) then ids[n + 1:] else half end;
+        end loop;
+        uid := ids[1];
+        select * into d from usersync._diagnose(uid);
+        if not found then
+            continue;
+        end if;
+        if d.direction = 'contact' then
+            raise exception using errcode = d.sqlstate,
+                message = pg_catalog.format('cannot synchronize contact %s to user %s: contact field "%s" does not fit user field "%s"',
+                                            d.contact_id, uid, d.contact_field, d.user_field),
+                detail = d.message,
+                hint = 'Correct the contact''s value, or change the field mapping (usersync.field_mapping).';
+        end if;
+        raise exception using errcode = d.sqlstate,
+            message = pg_catalog.format('cannot synchronize user %s to contact %s: user field "%s" does not fit contact field "%s"',
+                                        uid, coalesce(d.contact_id::text, '(new)'), d.user_field, d.contact_field),
+            detail = d.message,
+            hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
     end loop;
 end
 $$;
@@ -574,8 +637,10 @@ $gen$;
 -- which PostgreSQL evaluates as the caller. The engine's own writes to the modules never need
 -- the triggers (it keeps the links itself), so they skip them.
 --
--- Lock order, everywhere: users rows before contacts rows, each in key order. It is what keeps
--- deletes from both ends, resyncs and application writes free of deadlocks.
+-- Lock order, everywhere: a pair's source row before its target row (the user, or for a reversed
+-- pair the contact), each set in key order. An application's write locks the row it writes
+-- (always the source: targets are read-only) before any trigger runs, and the engine follows
+-- the same order in its own actions, so they never wait for each other in a cycle.
 
 create or replace function usersync._templates()
 returns table (fn text, tpl text)
@@ -583,11 +648,17 @@ language sql immutable
 set search_path = ''
 as $templates$
 values
-('_g_lock_users(bigint[])', $tpl$
-create or replace function usersync._g_lock_users(p_user_ids bigint[])
+('_g_lock_pair(bigint, bigint, text)', $tpl$
+create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)
 returns void language plpgsql security definer set search_path = '' as $body$
 begin
-    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for update;
+    if p_source = 'contact' then
+        perform from @C@ c where c.@CK@ = p_contact_id for update;
+        perform from @U@ u where u.@UK@ = p_user_id for update;
+    else
+        perform from @U@ u where u.@UK@ = p_user_id for update;
+        perform from @C@ c where c.@CK@ = p_contact_id for update;
+    end if;
 end
 $body$;
 $tpl$),
@@ -600,7 +671,11 @@ declare
 begin
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
-    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
+    -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
+    perform from @U@ u
+     where u.@UK@ = any(p_user_ids)
+       and not exists (select from usersync.links l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
+     order by u.@UK@ for share;
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join usersync.links l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
@@ -877,8 +952,6 @@ begin
             hint = pg_catalog.format('Delete user %s (the setting delete_contact_with_user decides what happens to the contact), '
                                      'or switch its synchronization off first', l.user_id);
     end if;
-    -- Reversed pair: lock the user before this contact row is locked, the engine's one lock order.
-    perform from @U@ u where u.@UK@ = l.user_id for update;
     return old;
 end
 $body$;
@@ -998,7 +1071,10 @@ begin
     perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
     -- One run at a time: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state for update;
-    if not found or st.finished_at is not null then
+    -- A finished run, or none: start one. A run whose mapping changed between two batches starts
+    -- over too, or its earlier batches would stay on the old mapping when it reports finished.
+    if not found or st.finished_at is not null
+       or st.mapping_version <> (select version from usersync.mapping_state) then
         insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total)
         values (true, pg_catalog.now(), (select version from usersync.mapping_state),
                 null, (select count(*) from usersync.links where active))
@@ -1082,6 +1158,7 @@ set search_path = ''
 as $$
 declare
     l usersync.links;
+    linked boolean := false;
 begin
     if set_sync_source.source is null or set_sync_source.source not in ('user', 'contact') then
         raise exception using errcode = 'US006',
@@ -1089,9 +1166,20 @@ begin
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
     end if;
     perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
-    perform usersync._g_lock_users(array[set_sync_source.user_id]);
-    select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
-    if not found then
+    -- Lock the pair source first (as every writer does), then re-read: the direction may have
+    -- changed while this waited.
+    loop
+        select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
+        if not found then
+            exit;
+        end if;
+        perform usersync._g_lock_pair(l.user_id, l.contact_id, l.source);
+        if exists (select from usersync.links x where x.user_id = l.user_id and x.active and x.source = l.source) then
+            linked := true;
+            exit;
+        end if;
+    end loop;
+    if not linked then
         raise exception using errcode = 'US006',
             message = pg_catalog.format('user %s has no synchronized contact', set_sync_source.user_id),
             hint = 'Switch "Synchronize user to contact module" on for the user first.';
@@ -1386,6 +1474,7 @@ alter function usersync.reset_field_mapping() owner to usersync_engine;
 alter function usersync._generate() owner to usersync_engine;
 alter function usersync._diagnose(bigint) owner to usersync_engine;
 alter function usersync._explain_failure(bigint[]) owner to usersync_engine;
+alter function usersync._field_fits(bigint[], text, text) owner to usersync_engine;
 alter function usersync.sync_users(bigint[]) owner to usersync_engine;
 alter function usersync.resync_step(integer) owner to usersync_engine;
 alter function usersync.set_sync_source(bigint, text) owner to usersync_engine;

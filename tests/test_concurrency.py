@@ -1,0 +1,182 @@
+"""Concurrency: explicit interleavings of two sessions. Each scenario ends by checking the
+invariant: every linked contact equals its source through the mapping."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import add_user, contact, contact_id, mismatches, one
+from interleave import Interleaving, Session
+
+import harness
+
+
+@pytest.fixture
+def sessions(pg_server: harness.Server, dbname: str, conn: psycopg.Connection):
+    opened: list[Session] = []
+
+    def open_sessions(*roles: str) -> tuple[Interleaving, list[Session]]:
+        for i, role in enumerate(roles):
+            user = {"app": harness.APP_ROLE, "admin": harness.ADMIN_ROLE}[role]
+            info = pg_server.conninfo(dbname, user=user, password=harness.ROLE_PASSWORD)
+            opened.append(Session(info, f"s{i + 1}-{role}"))
+        return Interleaving(conn, opened), opened
+
+    yield open_sessions
+    for s in opened:
+        s.close()
+
+
+def _settle(conn: psycopg.Connection) -> None:
+    """After a scenario: every up-to-date pair is the image of its source; a resync fixes the rest."""
+    assert mismatches(conn) == [] or one(conn, "select count(*) from usersync.synchronized_contacts"
+                                               " where not up_to_date") > 0
+    conn.execute("call usersync.resync_all()")
+    assert mismatches(conn) == []
+
+
+def test_resync_waits_for_an_open_user_update_and_keeps_the_new_value(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update users set first_name = 'new' where id = %s", [uid])
+    batch = it.step(admin, "select * from usersync.resync_step(100)", blocks=True)
+    it.step(app, "commit")
+    it.result(batch)
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
+    _settle(conn)
+
+
+def test_a_user_update_waits_for_an_open_resync_batch_and_wins(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    it, (app, admin) = sessions("app", "admin")
+    it.step(admin, "begin")
+    it.step(admin, "select * from usersync.resync_step(100)")
+    update = it.step(app, "update users set first_name = 'new' where id = %s", [uid], blocks=True)
+    it.step(admin, "commit")
+    it.result(update)
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
+    _settle(conn)
+
+
+def test_two_concurrent_updates_of_one_user_leave_the_last_value(sessions, conn):
+    uid = add_user(conn, "a", first_name="zero")
+    it, (s1, s2) = sessions("app", "app")
+    it.step(s1, "begin")
+    it.step(s1, "update users set first_name = 'one' where id = %s", [uid])
+    second = it.step(s2, "update users set first_name = 'two' where id = %s", [uid], blocks=True)
+    it.step(s1, "commit")
+    it.result(second)
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "two"
+    _settle(conn)
+
+
+@pytest.mark.parametrize("toggles", [True, False])
+def test_deleting_a_user_and_its_contact_at_once_leaves_no_orphan(sessions, conn, toggles):
+    conn.execute("update usersync.settings set delete_contact_with_user = %s, delete_user_with_contact = %s",
+                 [toggles, toggles])
+    uid = add_user(conn, "a")
+    cid = contact_id(conn, uid)
+    it, (s1, s2) = sessions("app", "app")
+    it.step(s1, "begin")
+    it.step(s1, "delete from users where id = %s", [uid])
+    if toggles:  # s1 deleted the contact too: s2 waits on that row, then finds it gone
+        second = it.step(s2, "delete from contacts where id = %s", [cid], blocks=True)
+        it.step(s1, "commit")
+        it.result(second)
+        assert one(conn, "select count(*) from contacts") == 0
+    else:  # the contact is still read-only for s2 until s1 commits
+        with pytest.raises(psycopg.Error) as info:
+            it.result(it.step(s2, "delete from contacts where id = %s", [cid]))
+        assert info.value.sqlstate == "US001"
+        it.step(s1, "commit")
+        it.result(it.step(s2, "delete from contacts where id = %s", [cid]))
+    assert one(conn, "select count(*) from users") == 0
+    assert one(conn, "select count(*) from usersync.links") == 0
+
+
+@pytest.mark.parametrize("toggles", [True, False])
+def test_deleting_both_ends_of_a_reversed_pair_at_once_leaves_no_orphan(sessions, conn, toggles):
+    conn.execute("update usersync.settings set delete_contact_with_user = %s, delete_user_with_contact = %s",
+                 [toggles, toggles])
+    uid = add_user(conn, "a")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (s1, s2) = sessions("app", "app")
+    it.step(s1, "begin")
+    it.step(s1, "delete from contacts where id = %s", [cid])
+    second = it.step(s2, "delete from users where id = %s", [uid], blocks=True)
+    it.step(s1, "commit")
+    it.result(second)  # the user is gone (toggle on) or unlinked and deletable (toggle off)
+    assert one(conn, "select count(*) from users") == 0
+    assert one(conn, "select count(*) from contacts") == 0
+    assert one(conn, "select count(*) from usersync.links") == 0
+
+
+def test_a_mapping_change_waits_for_a_resync_batch_to_commit(sessions, conn):
+    for i in range(3):
+        add_user(conn, f"u{i}", academic_title="Dr.")
+    it, (admin1, admin2) = sessions("admin", "admin")
+    it.step(admin1, "begin")
+    it.step(admin1, "select * from usersync.resync_step(2)")
+    change = it.step(admin2, "insert into usersync.field_mapping values ('academic_title', 'title')", blocks=True)
+    it.step(admin1, "commit")
+    it.result(change)
+    # The batch ran wholly on the old mapping and is now stale; nothing is half-and-half.
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where up_to_date") == 0
+    _settle(conn)
+    assert one(conn, "select count(*) from contacts where title = 'Dr.'") == 3
+
+
+def test_switching_off_during_a_resync_batch_waits_then_ends_the_link(sessions, conn):
+    uid = add_user(conn, "a")
+    it, (app, admin) = sessions("app", "admin")
+    it.step(admin, "begin")
+    it.step(admin, "select * from usersync.resync_step(10)")
+    off = it.step(app, "update users set sync_to_contact = false where id = %s", [uid], blocks=True)
+    it.step(admin, "commit")
+    it.result(off)
+    assert one(conn, "select count(*) from usersync.synchronized_contacts") == 0
+    _settle(conn)
+
+
+def test_reversing_a_pair_while_its_user_is_edited_waits_and_stays_consistent(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update users set first_name = 'edited' where id = %s", [uid])
+    reverse = it.step(admin, "select usersync.set_sync_source(%s, 'contact')", [uid], blocks=True)
+    it.step(app, "commit")
+    it.result(reverse)
+    assert one(conn, "select first_name from users where id = %s", [uid]) == "edited"
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "edited"
+    _settle(conn)
+
+
+def test_restoring_a_pair_while_its_contact_is_edited_waits_and_stays_consistent(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update contacts set first_name = 'from contact' where id = %s", [cid])
+    restore = it.step(admin, "select usersync.set_sync_source(%s, 'user')", [uid], blocks=True)
+    it.step(app, "commit")
+    it.result(restore)  # no deadlock: both lock the contact (the source) first
+    assert one(conn, "select first_name from users where id = %s", [uid]) == "from contact"
+    assert contact(conn, cid)["first_name"] == "from contact"
+    _settle(conn)
+
+
+def test_a_reversed_contact_edit_and_a_resync_batch_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update contacts set first_name = 'new' where id = %s", [cid])
+    batch = it.step(admin, "select * from usersync.resync_step(10)", blocks=True)
+    it.step(app, "commit")
+    it.result(batch)
+    assert one(conn, "select first_name from users where id = %s", [uid]) == "new"
+    _settle(conn)

@@ -1,0 +1,104 @@
+"""Faults: a resync killed or timed out mid-run keeps its committed batches and a rerun finishes
+with the same result as an uninterrupted run; a statement that fails half-way changes nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from helpers import mismatches, one
+
+import harness
+
+PAIRS = 600
+BATCH = 50
+
+
+@pytest.fixture
+def stale_pairs(conn) -> None:
+    conn.execute("insert into users (login, academic_title, sync_to_contact)"
+                 " select 'u' || g, 'T' || g, true from generate_series(1, %s) g", [PAIRS])
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+
+
+def _admin(pg_server: harness.Server, dbname: str) -> psycopg.Connection:
+    return psycopg.connect(pg_server.conninfo(dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD),
+                           autocommit=True)
+
+
+def _up_to_date(conn) -> int:
+    return one(conn, "select count(*) from usersync.synchronized_contacts where up_to_date")
+
+
+def _wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _hold_row_lock(pg_server, dbname, user_id: int) -> psycopg.Connection:
+    """Another transaction holds a user row, so the resync stops at that batch."""
+    blocker = psycopg.connect(pg_server.conninfo(dbname))
+    blocker.execute("update users set login = login where id = %s", [user_id])  # open transaction
+    return blocker
+
+
+def test_a_resync_killed_mid_run_keeps_committed_batches_and_a_rerun_finishes(pg_server, dbname, conn, stale_pairs):
+    middle = one(conn, "select id from users order by id offset %s limit 1", [PAIRS // 2])
+    blocker = _hold_row_lock(pg_server, dbname, middle)
+    runner = _admin(pg_server, dbname)
+    pid = runner.info.backend_pid
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.execute("call usersync.resync_all(%s)", [BATCH])
+        except psycopg.Error as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_until(lambda: one(conn, "select wait_event_type = 'Lock' from pg_stat_activity where pid = %s", [pid]))
+    conn.execute("select pg_terminate_backend(%s)", [pid])
+    thread.join(10)
+    assert failure, "the resync should have been terminated"
+    blocker.rollback()
+    blocker.close()
+    done_before = _up_to_date(conn)
+    assert 0 < done_before < PAIRS  # committed batches stayed
+    with _admin(pg_server, dbname) as again:
+        again.execute("call usersync.resync_all(%s)", [BATCH])
+    assert _up_to_date(conn) == PAIRS
+    assert one(conn, "select synced, failed, finished_at is not null from usersync.resync_state") == (PAIRS, 0, True)
+    assert mismatches(conn) == []
+
+
+def test_a_resync_hitting_lock_timeout_stops_cleanly_and_resumes(pg_server, dbname, conn, stale_pairs):
+    middle = one(conn, "select id from users order by id offset %s limit 1", [PAIRS // 2])
+    blocker = _hold_row_lock(pg_server, dbname, middle)
+    with _admin(pg_server, dbname) as runner:
+        runner.execute("set lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            runner.execute("call usersync.resync_all(%s)", [BATCH])
+    assert 0 < _up_to_date(conn) < PAIRS
+    blocker.rollback()
+    blocker.close()
+    with _admin(pg_server, dbname) as runner:
+        runner.execute("call usersync.resync_all(%s)", [BATCH])
+    assert _up_to_date(conn) == PAIRS and mismatches(conn) == []
+
+
+def test_a_bulk_insert_failing_at_its_last_row_changes_nothing(conn):
+    conn.execute("alter table contacts add column code varchar(5)")
+    conn.execute("alter table users add column code text")
+    conn.execute("insert into usersync.field_mapping values ('code', 'code')")
+    with pytest.raises(psycopg.errors.StringDataRightTruncation) as info:
+        conn.execute("insert into users (login, code, sync_to_contact)"
+                     " select 'bulk' || g, case when g = 50000 then 'far too long' else 'ok' end, true"
+                     " from generate_series(1, 50000) g")
+    assert "contact (new)" in info.value.diag.message_primary and '"code"' in info.value.diag.message_primary
+    assert one(conn, "select (select count(*) from users) + (select count(*) from contacts)"
+                     " + (select count(*) from usersync.links)") == 0
