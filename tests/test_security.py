@@ -80,3 +80,43 @@ def test_objects_in_pg_temp_or_public_named_like_the_engines_are_ignored(app_con
     assert one(conn, "select first_name from public.contacts c join usersync.links l on l.contact_id = c.id"
                      " where l.user_id = %s", [uid]) == "A"
     assert one(app_conn, "select count(*) from pg_temp.contacts") == 0
+
+
+@pytest.mark.parametrize("statement", [
+    "set session_replication_role = replica",
+    "alter table contacts disable trigger all",
+    "alter table users disable trigger usersync_after_update",
+    "drop trigger usersync_after_update on contacts",
+    "alter event trigger usersync_guard_alter disable",
+    "create or replace function usersync._g_on_contact_update() returns trigger language plpgsql"
+    " as $$ begin return null; end $$",
+])
+def test_an_application_cannot_switch_the_engine_off(app_conn, conn, statement):
+    uid = add_user(conn, "a")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app_conn.execute(statement)
+    with pytest.raises(psycopg.Error) as info:
+        app_conn.execute("update contacts set first_name = 'x' where id = (select max(id) from contacts)")
+    assert info.value.sqlstate == "US001"
+    assert uid
+
+
+def test_copy_into_users_as_the_application_creates_the_contacts(app_conn, conn):
+    with app_conn.cursor().copy("copy users (login, first_name, sync_to_contact) from stdin") as copy:
+        for i in range(50):
+            copy.write_row((f"c{i}", f"C{i}", i % 2 == 0))
+    assert one(conn, "select count(*) from usersync.synchronized_contacts") == 25
+    assert one(conn, "select count(*) from contacts where first_name like 'C%%'") == 25
+
+
+def test_a_shadowing_operator_earlier_on_the_search_path_is_ignored(app_conn, conn):
+    conn.execute("grant create on schema public to usersync_test_app")
+    app_conn.execute("create function public.always(bigint, bigint) returns boolean language sql as 'select true'")
+    app_conn.execute("create operator public.= (leftarg = bigint, rightarg = bigint, function = public.always)")
+    app_conn.execute("set search_path = public, pg_catalog")
+    a = add_user(app_conn, "a", first_name="A")
+    b = add_user(app_conn, "b", first_name="B")
+    app_conn.execute("update users set first_name = 'A2' where login = 'a'")
+    names = dict(conn.execute("select l.user_id, c.first_name from usersync.links l"
+                              " join contacts c on c.id = l.contact_id").fetchall())
+    assert names == {a: "A2", b: "B"}
