@@ -70,8 +70,10 @@ def make_machine(app: psycopg.Connection, admin: psycopg.Connection, su: psycopg
             su.execute("set session_replication_role = replica")
             su.execute("delete from contacts; delete from users")
             su.execute("set session_replication_role = origin")
-            su.execute("delete from usersync.links; delete from usersync.sync_errors; delete from usersync.resync_state")
-            su.execute("update usersync.settings set delete_contact_with_user = false, delete_user_with_contact = false")
+            su.execute("delete from usersync.links; delete from usersync.sync_errors;"
+                       " delete from usersync.resync_state")
+            su.execute("update usersync.settings"
+                       " set delete_contact_with_user = false, delete_user_with_contact = false")
             su.execute("delete from usersync.field_mapping")
             su.execute("insert into usersync.field_mapping values ('first_name', 'first_name'), ('email', 'email')")
             self.m.mapping = {"first_name": "first_name", "email": "email"}
@@ -101,8 +103,9 @@ def make_machine(app: psycopg.Connection, admin: psycopg.Connection, su: psycopg
         @rule(sw=st.booleans(), first=VALUES, email=VALUES, title=VALUES)
         def create_user(self, sw: bool, first: Any, email: Any, title: Any) -> None:
             login = f"u{len(self.m.users)}-{os.urandom(3).hex()}"
-            (uid,) = self.expect(None, app, "insert into users (login, first_name, email, academic_title, sync_to_contact)"
-                                            " values (%s, %s, %s, %s, %s) returning id", [login, first, email, title, sw])
+            (uid,) = self.expect(
+                None, app, "insert into users (login, first_name, email, academic_title, sync_to_contact)"
+                           " values (%s, %s, %s, %s, %s) returning id", [login, first, email, title, sw])
             self.m.users[uid] = {"login": login, "first_name": first, "email": email, "academic_title": title, "sw": sw}
             if sw:
                 self.new_link(uid)
