@@ -43,7 +43,11 @@ create table if not exists usersync.mapping_state (
     singleton  boolean primary key default true check (singleton),
     version     bigint not null default 1,
     changed_at  timestamptz not null default pg_catalog.now(),
-    field_types jsonb not null default '{}'  -- mapped fields' types at the last generation (60_ddl_guard.sql)
+    field_types jsonb not null default '{}',  -- mapped fields' types at the last generation (60_ddl_guard.sql)
+    -- The version that every pair is known to be on: set when a resync run finishes with no failure.
+    -- While it lags behind version, stale pairs may exist and writes stamp the pairs they rewrite;
+    -- once equal, that check costs nothing (no index on links.mapping_version is needed).
+    synced_version bigint not null default 0
 );
 
 create table if not exists usersync.links (
@@ -53,13 +57,13 @@ create table if not exists usersync.links (
     active          boolean not null default true,
     mapping_version bigint not null,
     synced_at       timestamptz not null default pg_catalog.now()
-);
+) with (fillfactor = 70);  -- room on each page, so stamping a resynced pair is a HOT update
 comment on table usersync.links is
     'User-contact pairs. Inactive rows remember the contact of a user whose switch is off, so re-enabling re-links it';
 comment on column usersync.links.synced_at is 'Last full sync of the pair under the mapping version it records';
 -- Guards ask "is there any reversed pair at all?" before joining; this keeps that question O(1).
+-- (No index on mapping_version: it would make every stamp a non-HOT update; see synced_version.)
 create index if not exists links_reversed on usersync.links (user_id) where active and source = 'contact';
-create index if not exists links_stale on usersync.links (mapping_version) where active;
 
 create table if not exists usersync.sync_errors (
     user_id     bigint primary key,

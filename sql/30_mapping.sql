@@ -135,6 +135,10 @@ as $$
 begin
     perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
     update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
+    -- With no pair at all, nothing can be stale.
+    if not exists (select from usersync.links l where l.active) then
+        update usersync.mapping_state set synced_version = version;
+    end if;
     perform usersync._generate();
     return null;
 end

@@ -102,6 +102,16 @@ returns text language sql stable set search_path = '' as $$
       join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
 $$;
 
+-- The user columns a new contact is made from (the key and the mapped fields), so that creating
+-- contacts copies no more of each row than it needs.
+create or replace function usersync._gen_source_cols(p_alias text)
+returns text language sql stable set search_path = '' as $$
+    select string_agg(p_alias || '.' || pg_catalog.quote_ident(x.col), ', ' order by x.ord, x.col)
+      from (select (select key_column::text from usersync.modules where module = 'users') as col, 0 as ord
+            union
+            select m.user_field, 1 from usersync.field_mapping m) x
+$$;
+
 create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
 returns text language plpgsql immutable set search_path = '' as $$
 declare
@@ -176,6 +186,8 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'U_SRC_U', usersync._gen_source_cols('u'),
+        'U_SRC_N', usersync._gen_source_cols('n'),
         'U_SAME', usersync._gen_user_same('u', 'c')
     );
 

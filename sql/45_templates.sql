@@ -50,9 +50,12 @@ begin
      where u.@UK@ = any(p_user_ids)
        and not exists (select from usersync.links l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
      order by u.@UK@ for share;
+    -- Both sides restricted by the array: PostgreSQL does not carry "= any(array)" across a join,
+    -- and without it every batch would scan all of links.
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join usersync.links l on l.user_id = u.@UK@
-     where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
+     where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+       and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
     get diagnostics changed = row_count;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
@@ -60,15 +63,15 @@ begin
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
         update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
           from @C@ c join usersync.links l on l.contact_id = c.@CK@
-         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' and u.@UK@ = l.user_id
+         where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+           and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
         get diagnostics n = row_count;
         changed := changed + n;
     end if;
-    -- Every pair whose two rows exist is now the image of its source under mapping @V@.
+    -- Every active pair whose contact exists is now the image of its source under mapping @V@.
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
-      from @U@ u
-     where u.@UK@ = l.user_id and l.user_id = any(p_user_ids) and l.active and u.@SW@
+     where l.user_id = any(p_user_ids) and l.active
        and exists (select from @C@ c where c.@CK@ = l.contact_id);
     get diagnostics synced = row_count;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
@@ -89,7 +92,7 @@ begin
     update usersync.links l set active = true, source = 'user'
      where l.user_id = any(p_user_ids) and not l.active;
     with s as materialized (
-        select @CID@ as usersync_new_contact_id, u.*
+        select @CID@ as usersync_new_contact_id, @U_SRC_U@
           from @U@ u
          where u.@UK@ = any(p_user_ids) and u.@SW@
            and not exists (select from usersync.links l where l.user_id = u.@UK@)),
@@ -147,7 +150,7 @@ returns trigger language plpgsql security definer set search_path = '' as $body$
 begin
     if exists (select from new_rows n where n.@SW@) then
         with s as materialized (
-            select @CID@ as usersync_new_contact_id, n.* from new_rows n where n.@SW@),
+            select @CID@ as usersync_new_contact_id, @U_SRC_N@ from new_rows n where n.@SW@),
         linked as (
             -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
             insert into usersync.links (user_id, contact_id, source, active, mapping_version)
@@ -211,8 +214,9 @@ begin
       join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
-    -- Pairs that were stale (mapping changed since their last sync) are now up to date.
-    if exists (select from usersync.links l where l.active and l.mapping_version < @V@) then
+    -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
+    -- worth a look while a mapping change has not been resynced everywhere yet.
+    if (select s.synced_version from usersync.mapping_state s) < @V@ then
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@

@@ -78,6 +78,10 @@ begin
                   order by l.user_id limit resync_step.batch_size);
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
+        -- Every pair went through this run on the current mapping (a change restarts the run).
+        if st.failed = 0 then
+            update usersync.mapping_state set synced_version = st.mapping_version;
+        end if;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;

@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "6c69c0adb94c1a21b04e9617170ebf4e03390ddb8af3e91f2b1ede1f24dc4ba4"
+SHA256 = "61b46d207a5e7096570e806c6ca151fd013e19de35b811d6ce77396650034322"
 
 
 def upgrade() -> None:

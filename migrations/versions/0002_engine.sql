@@ -43,7 +43,11 @@ create table if not exists usersync.mapping_state (
     singleton  boolean primary key default true check (singleton),
     version     bigint not null default 1,
     changed_at  timestamptz not null default pg_catalog.now(),
-    field_types jsonb not null default '{}'  -- mapped fields' types at the last generation (60_ddl_guard.sql)
+    field_types jsonb not null default '{}',  -- mapped fields' types at the last generation (60_ddl_guard.sql)
+    -- The version that every pair is known to be on: set when a resync run finishes with no failure.
+    -- While it lags behind version, stale pairs may exist and writes stamp the pairs they rewrite;
+    -- once equal, that check costs nothing (no index on links.mapping_version is needed).
+    synced_version bigint not null default 0
 );
 
 create table if not exists usersync.links (
@@ -53,13 +57,13 @@ create table if not exists usersync.links (
     active          boolean not null default true,
     mapping_version bigint not null,
     synced_at       timestamptz not null default pg_catalog.now()
-);
+) with (fillfactor = 70);  -- room on each page, so stamping a resynced pair is a HOT update
 comment on table usersync.links is
     'User-contact pairs. Inactive rows remember the contact of a user whose switch is off, so re-enabling re-links it';
 comment on column usersync.links.synced_at is 'Last full sync of the pair under the mapping version it records';
 -- Guards ask "is there any reversed pair at all?" before joining; this keeps that question O(1).
+-- (No index on mapping_version: it would make every stamp a non-HOT update; see synced_version.)
 create index if not exists links_reversed on usersync.links (user_id) where active and source = 'contact';
-create index if not exists links_stale on usersync.links (mapping_version) where active;
 
 create table if not exists usersync.sync_errors (
     user_id     bigint primary key,
@@ -236,6 +240,10 @@ as $$
 begin
     perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
     update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
+    -- With no pair at all, nothing can be stale.
+    if not exists (select from usersync.links l where l.active) then
+        update usersync.mapping_state set synced_version = version;
+    end if;
     perform usersync._generate();
     return null;
 end
@@ -540,6 +548,16 @@ returns text language sql stable set search_path = '' as $$
       join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
 $$;
 
+-- The user columns a new contact is made from (the key and the mapped fields), so that creating
+-- contacts copies no more of each row than it needs.
+create or replace function usersync._gen_source_cols(p_alias text)
+returns text language sql stable set search_path = '' as $$
+    select string_agg(p_alias || '.' || pg_catalog.quote_ident(x.col), ', ' order by x.ord, x.col)
+      from (select (select key_column::text from usersync.modules where module = 'users') as col, 0 as ord
+            union
+            select m.user_field, 1 from usersync.field_mapping m) x
+$$;
+
 create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
 returns text language plpgsql immutable set search_path = '' as $$
 declare
@@ -614,6 +632,8 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'U_SRC_U', usersync._gen_source_cols('u'),
+        'U_SRC_N', usersync._gen_source_cols('n'),
         'U_SAME', usersync._gen_user_same('u', 'c')
     );
 
@@ -676,9 +696,12 @@ begin
      where u.@UK@ = any(p_user_ids)
        and not exists (select from usersync.links l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
      order by u.@UK@ for share;
+    -- Both sides restricted by the array: PostgreSQL does not carry "= any(array)" across a join,
+    -- and without it every batch would scan all of links.
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join usersync.links l on l.user_id = u.@UK@
-     where u.@UK@ = any(p_user_ids) and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
+     where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+       and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
     get diagnostics changed = row_count;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
@@ -686,15 +709,15 @@ begin
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
         update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
           from @C@ c join usersync.links l on l.contact_id = c.@CK@
-         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' and u.@UK@ = l.user_id
+         where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+           and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
         get diagnostics n = row_count;
         changed := changed + n;
     end if;
-    -- Every pair whose two rows exist is now the image of its source under mapping @V@.
+    -- Every active pair whose contact exists is now the image of its source under mapping @V@.
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
-      from @U@ u
-     where u.@UK@ = l.user_id and l.user_id = any(p_user_ids) and l.active and u.@SW@
+     where l.user_id = any(p_user_ids) and l.active
        and exists (select from @C@ c where c.@CK@ = l.contact_id);
     get diagnostics synced = row_count;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
@@ -715,7 +738,7 @@ begin
     update usersync.links l set active = true, source = 'user'
      where l.user_id = any(p_user_ids) and not l.active;
     with s as materialized (
-        select @CID@ as usersync_new_contact_id, u.*
+        select @CID@ as usersync_new_contact_id, @U_SRC_U@
           from @U@ u
          where u.@UK@ = any(p_user_ids) and u.@SW@
            and not exists (select from usersync.links l where l.user_id = u.@UK@)),
@@ -773,7 +796,7 @@ returns trigger language plpgsql security definer set search_path = '' as $body$
 begin
     if exists (select from new_rows n where n.@SW@) then
         with s as materialized (
-            select @CID@ as usersync_new_contact_id, n.* from new_rows n where n.@SW@),
+            select @CID@ as usersync_new_contact_id, @U_SRC_N@ from new_rows n where n.@SW@),
         linked as (
             -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
             insert into usersync.links (user_id, contact_id, source, active, mapping_version)
@@ -837,8 +860,9 @@ begin
       join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
-    -- Pairs that were stale (mapping changed since their last sync) are now up to date.
-    if exists (select from usersync.links l where l.active and l.mapping_version < @V@) then
+    -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
+    -- worth a look while a mapping change has not been resynced everywhere yet.
+    if (select s.synced_version from usersync.mapping_state s) < @V@ then
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
@@ -1089,6 +1113,10 @@ begin
                   order by l.user_id limit resync_step.batch_size);
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
+        -- Every pair went through this run on the current mapping (a change restarts the run).
+        if st.failed = 0 then
+            update usersync.mapping_state set synced_version = st.mapping_version;
+        end if;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
