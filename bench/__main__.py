@@ -39,6 +39,13 @@ SIZES = {
 }
 
 
+def settle(conn: psycopg.Connection, *, vacuum: bool = False) -> None:
+    """Start each measurement from the same state: fresh statistics, no pending checkpoint work."""
+    if vacuum:
+        conn.execute("vacuum analyze")
+    conn.execute("checkpoint")
+
+
 def bulk(b: Bench, n: int, repeats: int) -> dict[str, dict[str, Sample]]:
     """INSERT ... SELECT, UPDATE of a mapped field, COPY: usersync, hand-written trigger, floor."""
     ops: dict[str, dict[str, Sample]] = {op: {} for op in ("insert", "update", "copy")}
@@ -64,11 +71,13 @@ def bulk(b: Bench, n: int, repeats: int) -> dict[str, dict[str, Sample]]:
                     conn.execute(variants.FLOOR_INSERT)
 
             with b.database(db) as conn:
+                settle(conn)
                 ops["insert"].setdefault(v, Sample()).times.append(timed(lambda: insert(conn)))
                 assert conn.execute("select count(*) from contacts").fetchone() == (n,)
-                conn.execute("vacuum analyze")
+                settle(conn, vacuum=True)
                 ops["update"].setdefault(v, Sample()).times.append(timed(lambda: update(conn)))
             with b.database(db) as conn:
+                settle(conn)
                 ops["copy"].setdefault(v, Sample()).times.append(timed(lambda: copy(conn)))
                 assert conn.execute("select count(*) from contacts").fetchone() == (n,)
     return ops
@@ -82,7 +91,7 @@ def latency(b: Bench, users: int, txns: int, repeats: int) -> dict[str, Sample]:
     for v in ("usersync", "hand", "plain"):
         with b.database(v) as conn:
             conn.execute(INSERT_USERS + users_select(users))
-            conn.execute("vacuum analyze")
+            settle(conn, vacuum=True)
             query = "update users set first_name = %s where id = %s"
             for i in ids[:50]:  # warm the plan caches
                 conn.execute(query, ["warm", i], prepare=True)
@@ -99,9 +108,10 @@ def resync(b: Bench, n: int, batch: int) -> dict[str, Any]:
     """resync_all after a mapping change vs one set-based UPDATE of the same rows."""
     with b.database("usersync") as conn:
         conn.execute(INSERT_USERS + users_select(n))
-        conn.execute("vacuum analyze")
+        settle(conn, vacuum=True)
         conn.execute("delete from usersync.field_mapping where user_field = 'department'")
         conn.execute("insert into usersync.field_mapping values ('department', 'company')")  # still 7 fields
+        settle(conn)
         batches = []
         while True:
             started = dt.datetime.now()
@@ -113,7 +123,7 @@ def resync(b: Bench, n: int, batch: int) -> dict[str, Any]:
     with b.database("plain") as conn:
         conn.execute(INSERT_USERS + users_select(n))
         conn.execute(variants.FLOOR_INSERT)
-        conn.execute("vacuum analyze")
+        settle(conn, vacuum=True)
         fields = list(variants.FIELDS)
         fields[fields.index("department")] = "company"
         sets = ", ".join(fields) + ", department"

@@ -70,9 +70,11 @@ begin
         changed := changed + n;
     end if;
     -- Every active pair whose contact exists is now the image of its source under mapping @V@.
+    -- (offset 0 keeps the EXISTS a per-row index probe; as a hash semi-join it would read all
+    -- of contacts for every batch)
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
      where l.user_id = any(p_user_ids) and l.active
-       and exists (select from @C@ c where c.@CK@ = l.contact_id);
+       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0);
     get diagnostics synced = row_count;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
 end

@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "61b46d207a5e7096570e806c6ca151fd013e19de35b811d6ce77396650034322"
+SHA256 = "60a1b5287bca9bfe76a2c01451f1c9819fcbcd5bf73fbe14f5b91673d07c9aa4"
 
 
 def upgrade() -> None:
