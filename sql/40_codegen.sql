@@ -102,6 +102,34 @@ returns text language sql stable set search_path = '' as $$
       join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
 $$;
 
+-- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may
+-- reject or a typmod truncate), or when a constraint other than the keys watches a column the
+-- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
+-- functions pay for an exception block to name the culprit.
+create or replace function usersync._gen_writes_can_fail()
+returns boolean language sql stable set search_path = '' as $$
+    select exists (select from usersync.field_mapping m
+                     join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
+                     join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
+                    where u.data_type <> c.data_type)
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_attribute a on a.attrelid = mo.relation
+                    where a.attnum > 0 and not a.attisdropped and a.attnotnull
+                      and a.attname <> mo.key_column and a.attname is distinct from mo.switch_column
+                      and (mo.module = 'contacts'
+                           or a.attname in (select m.user_field from usersync.field_mapping m)))
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_constraint k on k.conrelid = mo.relation
+                    where k.contype in ('c', 'u', 'x', 'f')
+                      and (mo.module = 'contacts'
+                           or exists (select from pg_catalog.pg_attribute a
+                                       where a.attrelid = mo.relation and a.attnum = any(k.conkey)
+                                         and a.attname in (select m.user_field from usersync.field_mapping m))))
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_index i on i.indrelid = mo.relation
+                    where i.indisunique and not i.indisprimary and mo.module = 'contacts')
+$$;
+
 -- The user columns a new contact is made from (the key and the mapped fields), so that creating
 -- contacts copies no more of each row than it needs.
 create or replace function usersync._gen_source_cols(p_alias text)
@@ -140,6 +168,7 @@ declare
     mc usersync.modules;
     seq text;
     cid text;
+    can_fail boolean;
     vars jsonb;
     tpl text;
     fn text;
@@ -163,6 +192,7 @@ begin
         end if;
     end if;
 
+    can_fail := usersync._gen_writes_can_fail();
     vars := pg_catalog.jsonb_build_object(
         'U', mu.relation::text,
         'C', mc.relation::text,
@@ -186,6 +216,10 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'TRY', case when can_fail then 'begin' else '' end,
+        'CATCH', case when can_fail then 'exception when data_exception or integrity_constraint_violation then'
+                      else '/* no exception block: no synchronized value can fail (usersync._gen_writes_can_fail)' end,
+        'END_CATCH', case when can_fail then 'end;' else '*/' end,
         'U_SRC_U', usersync._gen_source_cols('u'),
         'U_SRC_N', usersync._gen_source_cols('n'),
         'U_SAME', usersync._gen_user_same('u', 'c')

@@ -5,6 +5,9 @@
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
+-- @TRY@ / @CATCH@ / @END_CATCH@ wrap the writes in an exception block that names user, contact
+-- and field when a value does not fit; when nothing can fail (same types, no constraints: see
+-- usersync._gen_writes_can_fail) they become a comment, sparing a subtransaction per statement.
 --
 -- Trigger functions are SECURITY DEFINER, so inside them current_user is always the engine: who
 -- issued the statement is decided by the triggers' WHEN (current_user <> 'usersync_engine'),
@@ -150,6 +153,7 @@ $tpl$),
 create or replace function usersync._g_on_users_insert()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 begin
+    @TRY@
     if exists (select from new_rows n where n.@SW@) then
         with s as materialized (
             select @CID@ as usersync_new_contact_id, @U_SRC_N@ from new_rows n where n.@SW@),
@@ -163,10 +167,11 @@ begin
         insert into @C@ (@CK@, @C_COLS@) @OVR@
         select s.usersync_new_contact_id, @C_IMG_S@ from s;
     end if;
+    @CATCH@
+        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        raise;
+    @END_CATCH@
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
-    raise;
 end
 $body$;
 $tpl$),
@@ -176,11 +181,23 @@ create or replace function usersync._g_on_users_update()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     r record;
-    switched_on bigint[];
+    switched_on bigint[] := '{}';
+    any_reversed boolean;
+    any_stale boolean;
+    any_switched boolean;
 begin
+    @TRY@
+    -- Three questions in one statement (each statement costs, and this runs for every UPDATE of
+    -- users): is any pair reversed, may any pair be stale, did the switch change for any row?
+    select exists (select from usersync.links l where l.active and l.source = 'contact'),
+           s.synced_version < @V@,
+           exists (select from new_rows n join old_rows o on o.@UK@ = n.@UK@ where n.@SW@ is distinct from o.@SW@)
+      into any_reversed, any_stale, any_switched
+      from usersync.mapping_state s;
+
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
-    if exists (select from usersync.links l where l.active and l.source = 'contact') then
+    if any_reversed then
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
           join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
@@ -196,16 +213,18 @@ begin
         end if;
     end if;
 
-    -- Switch turned off: the link ends, the contact stays as an ordinary contact.
-    update usersync.links l set active = false
-      from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
-
-    -- Switch turned on: link (re-link the earlier contact, or create one) and refresh.
-    switched_on := array(select n.@UK@ from new_rows n
-                          where n.@SW@ and not exists (select from usersync.links l
-                                                        where l.user_id = n.@UK@ and l.active));
-    if pg_catalog.cardinality(switched_on) > 0 then
-        perform usersync._g_link(switched_on);
+    -- The switch changed for some row (rare).
+    if any_switched then
+        -- Switched off: the link ends, the contact stays as an ordinary contact.
+        update usersync.links l set active = false
+          from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+        -- Switched on: link (re-link the earlier contact, or create one) and refresh.
+        switched_on := array(select n.@UK@ from new_rows n
+                              where n.@SW@ and not exists (select from usersync.links l
+                                                            where l.user_id = n.@UK@ and l.active));
+        if pg_catalog.cardinality(switched_on) > 0 then
+            perform usersync._g_link(switched_on);
+        end if;
     end if;
 
     -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
@@ -218,16 +237,17 @@ begin
        and not n.@UK@ = any(switched_on);
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
     -- worth a look while a mapping change has not been resynced everywhere yet.
-    if (select s.synced_version from usersync.mapping_state s) < @V@ then
+    if any_stale then
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
            and n.@SW@ and @U_CHANGED@;
     end if;
+    @CATCH@
+        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        raise;
+    @END_CATCH@
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
-    raise;
 end
 $body$;
 $tpl$),
@@ -305,12 +325,14 @@ begin
                                      l.user_id, l.user_id);
     end if;
     if @HAS_MAP@ and @C_CHANGED@ then
+        @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
+        @CATCH@
+            perform usersync._explain_failure(array[l.user_id]);
+            raise;
+        @END_CATCH@
     end if;
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array[l.user_id]);
-    raise;
 end
 $body$;
 $tpl$),

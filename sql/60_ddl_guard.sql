@@ -119,8 +119,11 @@ security definer
 set search_path = ''
 as $$
 begin
+    -- A command on a module table, or on an index of one (a new unique index changes what can fail).
     if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
-                     join usersync.modules mo on mo.relation = c.objid) then
+                     join usersync.modules mo
+                       on mo.relation = c.objid
+                       or mo.relation = (select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid)) then
         return;
     end if;
     perform usersync._check_dependencies();
@@ -135,5 +138,5 @@ create event trigger usersync_guard_drop on sql_drop
 
 drop event trigger if exists usersync_guard_alter;
 create event trigger usersync_guard_alter on ddl_command_end
-    when tag in ('ALTER TABLE', 'ALTER TRIGGER')
+    when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE INDEX', 'ALTER INDEX')
     execute function usersync._on_ddl_end();

@@ -58,3 +58,20 @@ def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
             assert conn.execute("select to_regnamespace('usersync') is not null").fetchone() == (True,)
     finally:
         janitor.drop()
+
+
+def test_alembic_upgrade_head_works_from_the_repository_root(pg_server: harness.Server):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db, janitor = _fresh(pg_server)
+    try:
+        alembic = Path(sys.executable).parent / "alembic"
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "DATABASE_URL": db.conninfo}
+        subprocess.run([str(alembic), "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True)
+        assert migrate.current(db) is not None
+    finally:
+        janitor.drop()

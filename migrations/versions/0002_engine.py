@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "60a1b5287bca9bfe76a2c01451f1c9819fcbcd5bf73fbe14f5b91673d07c9aa4"
+SHA256 = "b10b0f8992b6f406c842e6de71f48950650c338943a3375a219a5f20af169344"
 
 
 def upgrade() -> None:

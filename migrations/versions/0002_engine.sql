@@ -548,6 +548,34 @@ returns text language sql stable set search_path = '' as $$
       join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
 $$;
 
+-- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may
+-- reject or a typmod truncate), or when a constraint other than the keys watches a column the
+-- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
+-- functions pay for an exception block to name the culprit.
+create or replace function usersync._gen_writes_can_fail()
+returns boolean language sql stable set search_path = '' as $$
+    select exists (select from usersync.field_mapping m
+                     join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
+                     join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
+                    where u.data_type <> c.data_type)
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_attribute a on a.attrelid = mo.relation
+                    where a.attnum > 0 and not a.attisdropped and a.attnotnull
+                      and a.attname <> mo.key_column and a.attname is distinct from mo.switch_column
+                      and (mo.module = 'contacts'
+                           or a.attname in (select m.user_field from usersync.field_mapping m)))
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_constraint k on k.conrelid = mo.relation
+                    where k.contype in ('c', 'u', 'x', 'f')
+                      and (mo.module = 'contacts'
+                           or exists (select from pg_catalog.pg_attribute a
+                                       where a.attrelid = mo.relation and a.attnum = any(k.conkey)
+                                         and a.attname in (select m.user_field from usersync.field_mapping m))))
+        or exists (select from usersync.modules mo
+                     join pg_catalog.pg_index i on i.indrelid = mo.relation
+                    where i.indisunique and not i.indisprimary and mo.module = 'contacts')
+$$;
+
 -- The user columns a new contact is made from (the key and the mapped fields), so that creating
 -- contacts copies no more of each row than it needs.
 create or replace function usersync._gen_source_cols(p_alias text)
@@ -586,6 +614,7 @@ declare
     mc usersync.modules;
     seq text;
     cid text;
+    can_fail boolean;
     vars jsonb;
     tpl text;
     fn text;
@@ -609,6 +638,7 @@ begin
         end if;
     end if;
 
+    can_fail := usersync._gen_writes_can_fail();
     vars := pg_catalog.jsonb_build_object(
         'U', mu.relation::text,
         'C', mc.relation::text,
@@ -632,6 +662,10 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'TRY', case when can_fail then 'begin' else '' end,
+        'CATCH', case when can_fail then 'exception when data_exception or integrity_constraint_violation then'
+                      else '/* no exception block: no synchronized value can fail (usersync._gen_writes_can_fail)' end,
+        'END_CATCH', case when can_fail then 'end;' else '*/' end,
         'U_SRC_U', usersync._gen_source_cols('u'),
         'U_SRC_N', usersync._gen_source_cols('n'),
         'U_SAME', usersync._gen_user_same('u', 'c')
@@ -651,6 +685,9 @@ $gen$;
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
+-- @TRY@ / @CATCH@ / @END_CATCH@ wrap the writes in an exception block that names user, contact
+-- and field when a value does not fit; when nothing can fail (same types, no constraints: see
+-- usersync._gen_writes_can_fail) they become a comment, sparing a subtransaction per statement.
 --
 -- Trigger functions are SECURITY DEFINER, so inside them current_user is always the engine: who
 -- issued the statement is decided by the triggers' WHEN (current_user <> 'usersync_engine'),
@@ -796,6 +833,7 @@ $tpl$),
 create or replace function usersync._g_on_users_insert()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 begin
+    @TRY@
     if exists (select from new_rows n where n.@SW@) then
         with s as materialized (
             select @CID@ as usersync_new_contact_id, @U_SRC_N@ from new_rows n where n.@SW@),
@@ -809,10 +847,11 @@ begin
         insert into @C@ (@CK@, @C_COLS@) @OVR@
         select s.usersync_new_contact_id, @C_IMG_S@ from s;
     end if;
+    @CATCH@
+        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        raise;
+    @END_CATCH@
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
-    raise;
 end
 $body$;
 $tpl$),
@@ -822,11 +861,23 @@ create or replace function usersync._g_on_users_update()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     r record;
-    switched_on bigint[];
+    switched_on bigint[] := '{}';
+    any_reversed boolean;
+    any_stale boolean;
+    any_switched boolean;
 begin
+    @TRY@
+    -- Three questions in one statement (each statement costs, and this runs for every UPDATE of
+    -- users): is any pair reversed, may any pair be stale, did the switch change for any row?
+    select exists (select from usersync.links l where l.active and l.source = 'contact'),
+           s.synced_version < @V@,
+           exists (select from new_rows n join old_rows o on o.@UK@ = n.@UK@ where n.@SW@ is distinct from o.@SW@)
+      into any_reversed, any_stale, any_switched
+      from usersync.mapping_state s;
+
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
-    if exists (select from usersync.links l where l.active and l.source = 'contact') then
+    if any_reversed then
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
           join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
@@ -842,16 +893,18 @@ begin
         end if;
     end if;
 
-    -- Switch turned off: the link ends, the contact stays as an ordinary contact.
-    update usersync.links l set active = false
-      from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
-
-    -- Switch turned on: link (re-link the earlier contact, or create one) and refresh.
-    switched_on := array(select n.@UK@ from new_rows n
-                          where n.@SW@ and not exists (select from usersync.links l
-                                                        where l.user_id = n.@UK@ and l.active));
-    if pg_catalog.cardinality(switched_on) > 0 then
-        perform usersync._g_link(switched_on);
+    -- The switch changed for some row (rare).
+    if any_switched then
+        -- Switched off: the link ends, the contact stays as an ordinary contact.
+        update usersync.links l set active = false
+          from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+        -- Switched on: link (re-link the earlier contact, or create one) and refresh.
+        switched_on := array(select n.@UK@ from new_rows n
+                              where n.@SW@ and not exists (select from usersync.links l
+                                                            where l.user_id = n.@UK@ and l.active));
+        if pg_catalog.cardinality(switched_on) > 0 then
+            perform usersync._g_link(switched_on);
+        end if;
     end if;
 
     -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
@@ -864,16 +917,17 @@ begin
        and not n.@UK@ = any(switched_on);
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
     -- worth a look while a mapping change has not been resynced everywhere yet.
-    if (select s.synced_version from usersync.mapping_state s) < @V@ then
+    if any_stale then
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
            and n.@SW@ and @U_CHANGED@;
     end if;
+    @CATCH@
+        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        raise;
+    @END_CATCH@
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
-    raise;
 end
 $body$;
 $tpl$),
@@ -951,12 +1005,14 @@ begin
                                      l.user_id, l.user_id);
     end if;
     if @HAS_MAP@ and @C_CHANGED@ then
+        @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
+        @CATCH@
+            perform usersync._explain_failure(array[l.user_id]);
+            raise;
+        @END_CATCH@
     end if;
     return null;
-exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(array[l.user_id]);
-    raise;
 end
 $body$;
 $tpl$),
@@ -1412,8 +1468,11 @@ security definer
 set search_path = ''
 as $$
 begin
+    -- A command on a module table, or on an index of one (a new unique index changes what can fail).
     if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
-                     join usersync.modules mo on mo.relation = c.objid) then
+                     join usersync.modules mo
+                       on mo.relation = c.objid
+                       or mo.relation = (select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid)) then
         return;
     end if;
     perform usersync._check_dependencies();
@@ -1428,7 +1487,7 @@ create event trigger usersync_guard_drop on sql_drop
 
 drop event trigger if exists usersync_guard_alter;
 create event trigger usersync_guard_alter on ddl_command_end
-    when tag in ('ALTER TABLE', 'ALTER TRIGGER')
+    when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE INDEX', 'ALTER INDEX')
     execute function usersync._on_ddl_end();
 -- 90_install.sql: ownership, grants, the triggers on the modules, and the first generation.
 -- Safe to run again: it changes nothing that is already as it should be, and keeps the
