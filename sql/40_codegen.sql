@@ -140,6 +140,59 @@ returns text language sql stable set search_path = '' as $$
             select m.user_field, 1 from usersync.field_mapping m) x
 $$;
 
+-- Statements that join a trigger's transition tables are written once in a template, between
+--   /*dual[ into VAR][ using VAR]*/ ... /*end*/
+-- and come out twice: static SQL for small statements, EXECUTE for bulk ones. Why: PL/pgSQL
+-- plans a static statement once per session, from the transition tables' sizes at its first
+-- call. A plan made for one row (nested loops over the index-less tuplestores) is quadratic on
+-- 100,000 rows; one made for 100,000 rows (hash joins reading all of links) is a full scan for
+-- every later one-row UPDATE. Small statements therefore always run the static copy, whose plan
+-- is only ever made for small sizes; bulk ones are planned afresh with their real sizes.
+create or replace function usersync._gen_dual(p_body text)
+returns text language plpgsql immutable set search_path = '' as $$
+declare
+    head_at integer;
+    head_len integer;
+    head text[];
+    rest text;
+    end_at integer;
+    stmt text;
+    dyn text;
+    into_var text;
+    using_var text;
+begin
+    loop
+        -- Markers are found with strpos: a PostgreSQL regex takes its greediness from its first
+        -- quantifier, so "(.*?)" cannot be trusted to stop at the first /*end*/.
+        head_at := pg_catalog.strpos(p_body, '/*dual');
+        exit when head_at = 0;
+        head_len := pg_catalog.strpos(pg_catalog.substr(p_body, head_at), '*/') + 1;
+        head := pg_catalog.regexp_match(pg_catalog.substr(p_body, head_at, head_len),
+                                        '^/\*dual(?: into ([a-z_]+))?(?: using ([a-z_]+))?\*/$');
+        if head is null then
+            raise exception 'usersync internal error: bad marker %', pg_catalog.substr(p_body, head_at, head_len);
+        end if;
+        into_var := head[1];
+        using_var := head[2];
+        rest := pg_catalog.substr(p_body, head_at + head_len);
+        end_at := pg_catalog.strpos(rest, '/*end*/');
+        stmt := pg_catalog.btrim(pg_catalog.substr(rest, 1, end_at - 1), E' \n');
+        dyn := pg_catalog.rtrim(stmt, ';');
+        if into_var is not null then
+            dyn := pg_catalog.regexp_replace(dyn, '\minto\s+' || into_var || '\M', '');
+        end if;
+        if using_var is not null then
+            dyn := pg_catalog.regexp_replace(dyn, '\m' || using_var || '\M', '$1', 'g');
+        end if;
+        p_body := pg_catalog.substr(p_body, 1, head_at - 1)
+               || pg_catalog.format(E'if usersync_bulk then\n        execute %L%s%s;\n    else\n        %s\n    end if;',
+                                    dyn, coalesce(' into ' || into_var, ''), coalesce(' using ' || using_var, ''), stmt)
+               || pg_catalog.substr(rest, end_at + 7);
+    end loop;
+    return p_body;
+end
+$$;
+
 create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
 returns text language plpgsql immutable set search_path = '' as $$
 declare
@@ -149,6 +202,7 @@ begin
     for k, v in select key, value from pg_catalog.jsonb_each_text(p_vars) loop
         p_template := pg_catalog.replace(p_template, '@' || k || '@', v);
     end loop;
+    p_template := usersync._gen_dual(p_template);
     if p_template ~ '@[A-Z_]+@' then
         raise exception 'usersync internal error: unfilled placeholder % in a generated function',
             (pg_catalog.regexp_match(p_template, '@[A-Z_]+@'))[1];
@@ -200,6 +254,7 @@ begin
         'CK', pg_catalog.quote_ident(mc.key_column),
         'SW', pg_catalog.quote_ident(mu.switch_column),
         'V', (select version from usersync.mapping_state)::text,
+        'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'CID', cid,
         'OVR', case when exists (select from pg_catalog.pg_attribute a where a.attrelid = mc.relation
                                    and a.attname = mc.key_column and a.attidentity = 'a')

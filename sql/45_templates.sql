@@ -185,25 +185,30 @@ declare
     any_reversed boolean;
     any_stale boolean;
     any_switched boolean;
+    usersync_bulk boolean;
 begin
     @TRY@
-    -- Three questions in one statement (each statement costs, and this runs for every UPDATE of
-    -- users): is any pair reversed, may any pair be stale, did the switch change for any row?
+    -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
+    -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
+    -- is this a bulk statement? EXCEPT, not a join: hashing or sorting, never quadratic.
     select exists (select from usersync.links l where l.active and l.source = 'contact'),
            s.synced_version < @V@,
-           exists (select from new_rows n join old_rows o on o.@UK@ = n.@UK@ where n.@SW@ is distinct from o.@SW@)
-      into any_reversed, any_stale, any_switched
+           exists ((select n.@UK@, n.@SW@ from new_rows n) except (select o.@UK@, o.@SW@ from old_rows o)),
+           exists (select from new_rows offset @BULK_ROWS@)
+      into any_reversed, any_stale, any_switched, usersync_bulk
       from usersync.mapping_state s;
 
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
     if any_reversed then
+        /*dual into r*/
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
           join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
          where @U_CHANGED@
          limit 1;
-        if found then
+        /*end*/
+        if r.user_id is not null then
             raise exception using errcode = 'US002',
                 message = pg_catalog.format('user %s is synchronized from contact %s: field "%s" is read-only',
                                             r.user_id, r.contact_id, r.field),
@@ -216,12 +221,16 @@ begin
     -- The switch changed for some row (rare).
     if any_switched then
         -- Switched off: the link ends, the contact stays as an ordinary contact.
+        /*dual*/
         update usersync.links l set active = false
           from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+        /*end*/
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
-        switched_on := array(select n.@UK@ from new_rows n
-                              where n.@SW@ and not exists (select from usersync.links l
-                                                            where l.user_id = n.@UK@ and l.active));
+        /*dual into switched_on*/
+        select array(select n.@UK@ from new_rows n
+                      where n.@SW@ and not exists (select from usersync.links l
+                                                    where l.user_id = n.@UK@ and l.active)) into switched_on;
+        /*end*/
         if pg_catalog.cardinality(switched_on) > 0 then
             perform usersync._g_link(switched_on);
         end if;
@@ -229,19 +238,23 @@ begin
 
     -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
     -- write nothing.
+    /*dual using switched_on*/
     update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
       from new_rows n
       join old_rows o on o.@UK@ = n.@UK@
       join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
+    /*end*/
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
     -- worth a look while a mapping change has not been resynced everywhere yet.
     if any_stale then
+        /*dual*/
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
            and n.@SW@ and @U_CHANGED@;
+        /*end*/
     end if;
     @CATCH@
         perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
@@ -257,12 +270,15 @@ create or replace function usersync._g_on_users_delete()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     r record;
+    usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
     if exists (select from usersync.links l where l.active and l.source = 'contact') then
+        /*dual into r*/
         select o.@UK@ as user_id, l.contact_id into r
           from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
          limit 1;
-        if found then
+        /*end*/
+        if r.user_id is not null then
             raise exception using errcode = 'US002',
                 message = pg_catalog.format('user %s is synchronized from contact %s and cannot be deleted',
                                             r.user_id, r.contact_id),
@@ -273,13 +289,19 @@ begin
         end if;
     end if;
     if (select s.delete_contact_with_user from usersync.settings s) then
+        /*dual*/
         delete from @C@ c
          using old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user'
          where c.@CK@ = l.contact_id;
+        /*end*/
     end if;
     -- Without the toggle the contact stays, unlinked and editable.
+    /*dual*/
     delete from usersync.links l using old_rows o where l.user_id = o.@UK@;
+    /*end*/
+    /*dual*/
     delete from usersync.sync_errors e using old_rows o where e.user_id = o.@UK@;
+    /*end*/
     return null;
 end
 $body$;

@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "b10b0f8992b6f406c842e6de71f48950650c338943a3375a219a5f20af169344"
+SHA256 = "190c4098e03ab4b42e04fc3505862473222eb56bc3f897bd4d65bf181375b5cd"
 
 
 def upgrade() -> None:

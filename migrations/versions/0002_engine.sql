@@ -586,6 +586,59 @@ returns text language sql stable set search_path = '' as $$
             select m.user_field, 1 from usersync.field_mapping m) x
 $$;
 
+-- Statements that join a trigger's transition tables are written once in a template, between
+--   /*dual[ into VAR][ using VAR]*/ ... /*end*/
+-- and come out twice: static SQL for small statements, EXECUTE for bulk ones. Why: PL/pgSQL
+-- plans a static statement once per session, from the transition tables' sizes at its first
+-- call. A plan made for one row (nested loops over the index-less tuplestores) is quadratic on
+-- 100,000 rows; one made for 100,000 rows (hash joins reading all of links) is a full scan for
+-- every later one-row UPDATE. Small statements therefore always run the static copy, whose plan
+-- is only ever made for small sizes; bulk ones are planned afresh with their real sizes.
+create or replace function usersync._gen_dual(p_body text)
+returns text language plpgsql immutable set search_path = '' as $$
+declare
+    head_at integer;
+    head_len integer;
+    head text[];
+    rest text;
+    end_at integer;
+    stmt text;
+    dyn text;
+    into_var text;
+    using_var text;
+begin
+    loop
+        -- Markers are found with strpos: a PostgreSQL regex takes its greediness from its first
+        -- quantifier, so "(.*?)" cannot be trusted to stop at the first /*end*/.
+        head_at := pg_catalog.strpos(p_body, '/*dual');
+        exit when head_at = 0;
+        head_len := pg_catalog.strpos(pg_catalog.substr(p_body, head_at), '*/') + 1;
+        head := pg_catalog.regexp_match(pg_catalog.substr(p_body, head_at, head_len),
+                                        '^/\*dual(?: into ([a-z_]+))?(?: using ([a-z_]+))?\*/$');
+        if head is null then
+            raise exception 'usersync internal error: bad marker %', pg_catalog.substr(p_body, head_at, head_len);
+        end if;
+        into_var := head[1];
+        using_var := head[2];
+        rest := pg_catalog.substr(p_body, head_at + head_len);
+        end_at := pg_catalog.strpos(rest, '/*end*/');
+        stmt := pg_catalog.btrim(pg_catalog.substr(rest, 1, end_at - 1), E' \n');
+        dyn := pg_catalog.rtrim(stmt, ';');
+        if into_var is not null then
+            dyn := pg_catalog.regexp_replace(dyn, '\minto\s+' || into_var || '\M', '');
+        end if;
+        if using_var is not null then
+            dyn := pg_catalog.regexp_replace(dyn, '\m' || using_var || '\M', '$1', 'g');
+        end if;
+        p_body := pg_catalog.substr(p_body, 1, head_at - 1)
+               || pg_catalog.format(E'if usersync_bulk then\n        execute %L%s%s;\n    else\n        %s\n    end if;',
+                                    dyn, coalesce(' into ' || into_var, ''), coalesce(' using ' || using_var, ''), stmt)
+               || pg_catalog.substr(rest, end_at + 7);
+    end loop;
+    return p_body;
+end
+$$;
+
 create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
 returns text language plpgsql immutable set search_path = '' as $$
 declare
@@ -595,6 +648,7 @@ begin
     for k, v in select key, value from pg_catalog.jsonb_each_text(p_vars) loop
         p_template := pg_catalog.replace(p_template, '@' || k || '@', v);
     end loop;
+    p_template := usersync._gen_dual(p_template);
     if p_template ~ '@[A-Z_]+@' then
         raise exception 'usersync internal error: unfilled placeholder % in a generated function',
             (pg_catalog.regexp_match(p_template, '@[A-Z_]+@'))[1];
@@ -646,6 +700,7 @@ begin
         'CK', pg_catalog.quote_ident(mc.key_column),
         'SW', pg_catalog.quote_ident(mu.switch_column),
         'V', (select version from usersync.mapping_state)::text,
+        'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'CID', cid,
         'OVR', case when exists (select from pg_catalog.pg_attribute a where a.attrelid = mc.relation
                                    and a.attname = mc.key_column and a.attidentity = 'a')
@@ -865,25 +920,30 @@ declare
     any_reversed boolean;
     any_stale boolean;
     any_switched boolean;
+    usersync_bulk boolean;
 begin
     @TRY@
-    -- Three questions in one statement (each statement costs, and this runs for every UPDATE of
-    -- users): is any pair reversed, may any pair be stale, did the switch change for any row?
+    -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
+    -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
+    -- is this a bulk statement? EXCEPT, not a join: hashing or sorting, never quadratic.
     select exists (select from usersync.links l where l.active and l.source = 'contact'),
            s.synced_version < @V@,
-           exists (select from new_rows n join old_rows o on o.@UK@ = n.@UK@ where n.@SW@ is distinct from o.@SW@)
-      into any_reversed, any_stale, any_switched
+           exists ((select n.@UK@, n.@SW@ from new_rows n) except (select o.@UK@, o.@SW@ from old_rows o)),
+           exists (select from new_rows offset @BULK_ROWS@)
+      into any_reversed, any_stale, any_switched, usersync_bulk
       from usersync.mapping_state s;
 
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
     if any_reversed then
+        /*dual into r*/
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
           join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
          where @U_CHANGED@
          limit 1;
-        if found then
+        /*end*/
+        if r.user_id is not null then
             raise exception using errcode = 'US002',
                 message = pg_catalog.format('user %s is synchronized from contact %s: field "%s" is read-only',
                                             r.user_id, r.contact_id, r.field),
@@ -896,12 +956,16 @@ begin
     -- The switch changed for some row (rare).
     if any_switched then
         -- Switched off: the link ends, the contact stays as an ordinary contact.
+        /*dual*/
         update usersync.links l set active = false
           from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+        /*end*/
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
-        switched_on := array(select n.@UK@ from new_rows n
-                              where n.@SW@ and not exists (select from usersync.links l
-                                                            where l.user_id = n.@UK@ and l.active));
+        /*dual into switched_on*/
+        select array(select n.@UK@ from new_rows n
+                      where n.@SW@ and not exists (select from usersync.links l
+                                                    where l.user_id = n.@UK@ and l.active)) into switched_on;
+        /*end*/
         if pg_catalog.cardinality(switched_on) > 0 then
             perform usersync._g_link(switched_on);
         end if;
@@ -909,19 +973,23 @@ begin
 
     -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
     -- write nothing.
+    /*dual using switched_on*/
     update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
       from new_rows n
       join old_rows o on o.@UK@ = n.@UK@
       join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
+    /*end*/
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
     -- worth a look while a mapping change has not been resynced everywhere yet.
     if any_stale then
+        /*dual*/
         update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
            and n.@SW@ and @U_CHANGED@;
+        /*end*/
     end if;
     @CATCH@
         perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
@@ -937,12 +1005,15 @@ create or replace function usersync._g_on_users_delete()
 returns trigger language plpgsql security definer set search_path = '' as $body$
 declare
     r record;
+    usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
     if exists (select from usersync.links l where l.active and l.source = 'contact') then
+        /*dual into r*/
         select o.@UK@ as user_id, l.contact_id into r
           from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
          limit 1;
-        if found then
+        /*end*/
+        if r.user_id is not null then
             raise exception using errcode = 'US002',
                 message = pg_catalog.format('user %s is synchronized from contact %s and cannot be deleted',
                                             r.user_id, r.contact_id),
@@ -953,13 +1024,19 @@ begin
         end if;
     end if;
     if (select s.delete_contact_with_user from usersync.settings s) then
+        /*dual*/
         delete from @C@ c
          using old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user'
          where c.@CK@ = l.contact_id;
+        /*end*/
     end if;
     -- Without the toggle the contact stays, unlinked and editable.
+    /*dual*/
     delete from usersync.links l using old_rows o where l.user_id = o.@UK@;
+    /*end*/
+    /*dual*/
     delete from usersync.sync_errors e using old_rows o where e.user_id = o.@UK@;
+    /*end*/
     return null;
 end
 $body$;
