@@ -42,10 +42,6 @@ DatabaseUrl = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-class Failure(Exception):
-    """A failure the user can fix: printed as a message, exit code 1."""
-
-
 @contextmanager
 def failures() -> Iterator[None]:
     """Turn the errors a user can act on into a message and exit code 1."""
@@ -70,7 +66,7 @@ def failures() -> Iterator[None]:
         if diag.message_hint:
             err.print(f"[yellow]hint:[/yellow] {diag.message_hint}", highlight=False)
         raise typer.Exit(1) from exc
-    except (Failure, LookupError, server.EmbeddedServerUnavailable) as exc:
+    except (LookupError, server.EmbeddedServerUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
 

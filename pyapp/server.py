@@ -47,12 +47,12 @@ def _prune_dead_handles(datadir: Path) -> None:
         pids = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _pid_alive(pid)]
+    alive = [pid for pid in pids if pid_alive(pid)]
     if alive != pids:
         path.write_text(json.dumps(alive))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

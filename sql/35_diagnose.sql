@@ -27,9 +27,7 @@ begin
     for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
         begin
             if l.active and l.source = 'contact' then
-                expr := case when usersync._assignable(mc.relation, m.contact_field, mu.relation, m.user_field)
-                             then pg_catalog.format('c.%I', m.contact_field)
-                             else pg_catalog.format('c.%I::%s', m.contact_field, usersync._field_type('users', m.user_field)) end;
+                expr := usersync._gen_reverse_expr('c', m.contact_field, m.user_field);
                 execute pg_catalog.format('update %s u set %I = %s from %s c where u.%I = $1 and c.%I = $2',
                                           mu.relation, m.user_field, expr, mc.relation, mu.key_column, mc.key_column)
                   using p_user_id, l.contact_id;
@@ -83,9 +81,7 @@ begin
             'update %s u set %I = %s from %s c join usersync.links l on l.contact_id = c.%I'
             ' where l.user_id = u.%I and l.active and l.source = ''contact'' and u.%I = any($1)',
             mu.relation, p_user_field,
-            case when usersync._assignable(mc.relation, p_contact_field, mu.relation, p_user_field)
-                 then pg_catalog.format('c.%I', p_contact_field)
-                 else pg_catalog.format('c.%I::%s', p_contact_field, usersync._field_type('users', p_user_field)) end,
+            usersync._gen_reverse_expr('c', p_contact_field, p_user_field),
             mc.relation, mc.key_column, mu.key_column, mu.key_column)
           using p_user_ids;
         raise sqlstate 'USX00';

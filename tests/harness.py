@@ -102,7 +102,7 @@ def drop_stale_databases(srv: Server) -> None:
         names = [r[0] for r in conn.execute("select datname from pg_database where datname ~ '^usersync_(t|tmpl)_'")]
         for name in names:
             match = re.match(r"usersync_(?:t|tmpl)_(\d+)_", name)
-            if match and not server._pid_alive(int(match.group(1))):
+            if match and not server.pid_alive(int(match.group(1))):
                 janitor = srv.janitor(name, as_template=name.startswith("usersync_tmpl_"))
                 janitor.drop()
 

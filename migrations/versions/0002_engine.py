@@ -11,7 +11,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SHA256 = "190c4098e03ab4b42e04fc3505862473222eb56bc3f897bd4d65bf181375b5cd"
+SHA256 = "57106cabb26d0fcaf60afde5b4cc6f78aa82e61e6d91a75295642513e83f76c4"
 
 
 def upgrade() -> None:

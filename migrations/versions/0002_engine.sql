@@ -322,9 +322,7 @@ begin
     for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
         begin
             if l.active and l.source = 'contact' then
-                expr := case when usersync._assignable(mc.relation, m.contact_field, mu.relation, m.user_field)
-                             then pg_catalog.format('c.%I', m.contact_field)
-                             else pg_catalog.format('c.%I::%s', m.contact_field, usersync._field_type('users', m.user_field)) end;
+                expr := usersync._gen_reverse_expr('c', m.contact_field, m.user_field);
                 execute pg_catalog.format('update %s u set %I = %s from %s c where u.%I = $1 and c.%I = $2',
                                           mu.relation, m.user_field, expr, mc.relation, mu.key_column, mc.key_column)
                   using p_user_id, l.contact_id;
@@ -378,9 +376,7 @@ begin
             'update %s u set %I = %s from %s c join usersync.links l on l.contact_id = c.%I'
             ' where l.user_id = u.%I and l.active and l.source = ''contact'' and u.%I = any($1)',
             mu.relation, p_user_field,
-            case when usersync._assignable(mc.relation, p_contact_field, mu.relation, p_user_field)
-                 then pg_catalog.format('c.%I', p_contact_field)
-                 else pg_catalog.format('c.%I::%s', p_contact_field, usersync._field_type('users', p_user_field)) end,
+            usersync._gen_reverse_expr('c', p_contact_field, p_user_field),
             mc.relation, mc.key_column, mu.key_column, mu.key_column)
           using p_user_ids;
         raise sqlstate 'USX00';
@@ -484,19 +480,26 @@ returns text language sql stable set search_path = '' as $$
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
 $$;
 
--- The mapped user fields as the image of a contact row named p_alias (reversed pairs). Where no
--- assignment cast exists (text -> date) the value is cast explicitly; a bad value then fails.
+-- A contact field of the row named p_alias, as a value for a user field (reversed pairs). Where
+-- no assignment cast exists (text -> date) the value is cast explicitly; a bad value then fails.
+-- The one place that decides it: the generated code, the diagnosis and its probes all use it.
+create or replace function usersync._gen_reverse_expr(p_alias text, p_contact_field text, p_user_field text)
+returns text language sql stable set search_path = '' as $$
+    select case when usersync._assignable((select relation from usersync.modules where module = 'contacts'),
+                                          p_contact_field,
+                                          (select relation from usersync.modules where module = 'users'),
+                                          p_user_field)
+                then pg_catalog.format('%s.%I', p_alias, p_contact_field)
+                else pg_catalog.format('%s.%I::%s', p_alias, p_contact_field,
+                                       usersync._field_type('users', p_user_field)) end
+$$;
+
+-- The mapped user fields as the image of a contact row named p_alias (reversed pairs).
 create or replace function usersync._gen_user_image(p_alias text)
 returns text language sql stable set search_path = '' as $$
-    select string_agg(
-             case when usersync._assignable(mc.relation, m.contact_field, mu.relation, m.user_field)
-                  then p_alias || '.' || pg_catalog.quote_ident(m.contact_field)
-                  else pg_catalog.format('%s.%I::%s', p_alias, m.contact_field, f.data_type) end,
-             ', ' order by f.position)
+    select string_agg(usersync._gen_reverse_expr(p_alias, m.contact_field, m.user_field), ', ' order by f.position)
       from usersync.field_mapping m
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
-      cross join (select relation from usersync.modules where module = 'users') mu
-      cross join (select relation from usersync.modules where module = 'contacts') mc
 $$;
 
 -- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
