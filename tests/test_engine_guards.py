@@ -171,3 +171,17 @@ def test_set_sync_source_rejects_bad_input(admin_conn, conn, pair):
         admin_conn.execute("select usersync.set_sync_source(%s, 'sideways')", [uid])
     with raises_sqlstate("US006"):
         admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid + 1000])
+
+
+def test_a_reversed_pair_casts_text_into_a_date_field_and_names_a_bad_value(conn, admin_conn):
+    admin_conn.execute("insert into usersync.field_mapping values ('birth_date', 'notes')")
+    uid = add_user(conn, "d", birth_date="1990-01-02")
+    cid = contact_id(conn, uid)
+    admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    conn.execute("update contacts set notes = '2001-02-03' where id = %s", [cid])
+    assert str(one(conn, "select birth_date from users where id = %s", [uid])) == "2001-02-03"
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute("update contacts set notes = 'not a date' where id = %s", [cid])
+    assert info.value.sqlstate == "22007"
+    assert f"contact {cid} to user {uid}" in info.value.diag.message_primary
+    assert contact(conn, cid)["notes"] == "2001-02-03"  # nothing half-written
