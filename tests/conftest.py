@@ -82,6 +82,13 @@ def admin_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Conne
 
 
 @pytest.fixture
+def owner_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Connection]:
+    """The owner of users and contacts: may change their DDL, is not a superuser."""
+    with _connect(pg_server, dbname, user=harness.OWNER_ROLE, password=harness.ROLE_PASSWORD) as c:
+        yield c
+
+
+@pytest.fixture
 def admin_url(pg_server: harness.Server, dbname: str) -> str:
     """The test database as the administrator role, in libpq form (what DATABASE_URL takes)."""
     return pg_server.conninfo(dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD)

@@ -28,6 +28,7 @@ from pyapp.config import Database
 CONNECT_TIMEOUT = 2
 APP_ROLE = "usersync_test_app"
 ADMIN_ROLE = "usersync_test_admin"
+OWNER_ROLE = "usersync_test_owner"  # owns users and contacts; not a superuser
 ROLE_PASSWORD = "usersync-test"  # only for servers that ask; trust servers ignore it
 
 
@@ -108,9 +109,10 @@ def drop_stale_databases(srv: Server) -> None:
 
 
 def ensure_test_roles(srv: Server) -> None:
-    """Cluster-wide login roles: an application (plain DML) and an administrator (usersync_admin)."""
+    """Cluster-wide login roles: an application (plain DML), an administrator (usersync_admin) and
+    the owner of the module tables (neither of them a superuser)."""
     with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
-        for role in (APP_ROLE, ADMIN_ROLE):
+        for role in (APP_ROLE, ADMIN_ROLE, OWNER_ROLE):
             exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
             if not exists:
                 conn.execute(sql.SQL("create role {} login password {}").format(
@@ -129,6 +131,11 @@ def build_template(srv: Server) -> str:
         conn.execute(sql.SQL(
             "grant select, insert, update, delete, truncate on public.users, public.contacts to {}, {}"
         ).format(sql.Identifier(APP_ROLE), sql.Identifier(ADMIN_ROLE)))
+        # The application's tables (and their schema) belong to an ordinary role, as in production.
+        conn.execute(sql.SQL("grant create on schema public to {}").format(sql.Identifier(OWNER_ROLE)))
+        for table in ("users", "contacts"):
+            conn.execute(sql.SQL("alter table public.{} owner to {}").format(
+                sql.Identifier(table), sql.Identifier(OWNER_ROLE)))
     return name
 
 
