@@ -176,7 +176,13 @@ def resync_all(
 
 
 def preview_resync(conn: psycopg.Connection, examples: int = 5) -> dict[str, Any]:
-    return _one(conn, "select pairs, would_change, stale, changes from usersync.preview_resync(%s)", [examples])
+    """The dry run of resync_all: ``pairs``, ``would_change`` (pairs whose target would be rewritten),
+    ``would_fail`` (pairs holding a value their target field cannot take: the run would record them
+    in sync_errors and go on), ``stale``, and ``changes``: up to ``examples`` failing fields, each with
+    ``error`` (the message) and ``sqlstate``, then up to ``examples`` changes, each with ``to``. Every
+    example has ``user_id``, ``contact_id``, ``field`` and ``from``."""
+    return _one(conn, "select pairs, would_change, would_fail, stale, changes from usersync.preview_resync(%s)",
+                [examples])
 
 
 def sync_errors(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:

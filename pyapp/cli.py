@@ -16,6 +16,7 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pyapp import admin, config, errors, migrate, progress, server
 
@@ -89,7 +90,8 @@ def table(title: str | None, rows: list[dict[str, Any]], columns: list[str] | No
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+        # Cells are data (a contact's value may hold "[/b]"), never Rich markup.
+        t.add_row(*(Text("" if r.get(c) is None else str(r.get(c))) for c in columns))
     return t
 
 
@@ -283,10 +285,17 @@ def resync(
             if as_json:
                 emit_json(preview)
                 return
-            out.print(f"{preview['would_change']} of {preview['pairs']} synchronized contacts would change "
-                      f"({preview['stale']} stale); nothing was changed.")
-            if preview["changes"]:
-                out.print(table("Examples", preview["changes"], ["user_id", "contact_id", "field", "from", "to"]))
+            out.print(f"{preview['would_change']} of {preview['pairs']} synchronized contacts would change, "
+                      f"{preview['would_fail']} would fail ({preview['stale']} stale); nothing was changed.")
+            failing = [c for c in preview["changes"] if "error" in c]
+            changing = [c for c in preview["changes"] if "error" not in c]
+            if failing:
+                out.print("would fail (the run records these in sync_errors and goes on):")
+            for f in failing:
+                out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field']} "
+                          f"{f['sqlstate']} {f['error']}", markup=False, highlight=False)
+            if changing:
+                out.print(table("Examples", changing, ["user_id", "contact_id", "field", "from", "to"]))
             return
         report = progress.run_resync(conn, batch_size, out, err, quiet=as_json)
     if as_json:
@@ -296,7 +305,7 @@ def resync(
                   f"{report.unchanged} unchanged, {report.failed} failed")
         for f in report.failures:
             out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
-                      f"{f['sqlstate']} {f['message']}", highlight=False)
+                      f"{f['sqlstate']} {f['message']}", markup=False, highlight=False)
     if not report.done:
         err.print("[yellow]stopped after the current batch: run `usersync resync` again to continue[/yellow]")
         raise typer.Exit(1)

@@ -75,13 +75,27 @@ class InvalidArgument(UsersyncError):
     sqlstate = "US006"
 
 
+class WriteSwallowed(UsersyncError):
+    """US007: a write of the engine touched fewer rows than it asked for (a row-level security
+    policy, a BEFORE trigger returning NULL, a row deleted behind the triggers' back)."""
+
+    sqlstate = "US007"
+
+
+class KeyChangeRefused(UsersyncError):
+    """US008: the key of a linked user or contact cannot change."""
+
+    sqlstate = "US008"
+
+
 class ValueDoesNotFit(UsersyncError):
     """A value its target column cannot hold (class 22/23), with user, contact and field named."""
 
 
 BY_SQLSTATE: dict[str, type[UsersyncError]] = {
     cls.sqlstate: cls
-    for cls in (ContactReadOnly, UserReadOnly, InvalidMapping, UnsupportedOperation, SchemaDependency, InvalidArgument)
+    for cls in (ContactReadOnly, UserReadOnly, InvalidMapping, UnsupportedOperation, SchemaDependency, InvalidArgument,
+                WriteSwallowed, KeyChangeRefused)
 }
 
 

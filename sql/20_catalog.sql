@@ -8,6 +8,7 @@
 -- links          one row per user that has (or had) a contact; active = the switch is on
 -- sync_errors    the last failure of each pair during "Update all synchronized users"
 -- resync_state   the cursor of the current or last resync_all run, so a rerun resumes
+-- config_lock    no rows: its table lock serializes configuration changes against sync actions
 
 create table if not exists usersync.modules (
     module        text primary key check (module in ('users', 'contacts')),
@@ -88,6 +89,39 @@ create table if not exists usersync.resync_state (
     failed          bigint not null default 0
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
+
+-- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
+-- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.
+-- A table lock rather than an advisory lock: any role may take any advisory lock and so stall
+-- the engine, while LOCK TABLE in these modes needs UPDATE on the table, which only the engine has.
+create table if not exists usersync.config_lock ();
+comment on table usersync.config_lock is 'Empty; its table lock serializes configuration changes (only the engine may take it)';
+
+-- The engine's triggers, recognised by the function they call (a trigger keeps its function when
+-- renamed), with the name and definition usersync._attach() gives them
+-- (the DDL guard and the generator use this list too).
+create or replace function usersync._engine_triggers()
+returns table (module text, name text, fn text, def text)
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+    values ('users', 'usersync_after_insert', 'usersync._g_on_users_insert()',
+            'after insert on %s referencing new table as new_rows for each statement'),
+           ('users', 'usersync_after_update', 'usersync._g_on_users_update()',
+            'after update on %s referencing old table as old_rows new table as new_rows for each statement'),
+           ('users', 'usersync_after_delete', 'usersync._g_on_users_delete()',
+            'after delete on %s referencing old table as old_rows for each statement'),
+           ('users', 'usersync_before_truncate', 'usersync._g_on_users_truncate()',
+            'before truncate on %s for each statement'),
+           -- Contacts: row triggers that the engine's own writes skip (WHEN is checked before the
+           -- function is even called), so syncing a million contacts pays nothing for them.
+           ('contacts', 'usersync_after_update', 'usersync._g_on_contact_update()',
+            'after update on %s for each row'),
+           ('contacts', 'usersync_before_delete', 'usersync._g_on_contact_delete_before()',
+            'before delete on %s for each row'),
+           ('contacts', 'usersync_after_delete', 'usersync._g_on_contact_delete_after()',
+            'after delete on %s for each row'),
+           ('contacts', 'usersync_before_truncate', 'usersync._g_on_contacts_truncate()',
+            'before truncate on %s for each statement')
+$$;
 
 create or replace view usersync.metadata_fields as
 select m.module,

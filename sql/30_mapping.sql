@@ -5,21 +5,13 @@
 -- version and regenerates the engine's specialised functions (40_codegen.sql). Existing
 -- contacts are not rewritten: sync_users / resync_all do that.
 
--- One advisory lock serializes every configuration change (mapping edits, code generation,
--- resync batches take it shared), so no batch ever runs half on an old mapping.
-create or replace function usersync._config_lock_key()
-returns bigint
-language sql immutable parallel safe
-set search_path = ''
-as $$ select 7311046471950211001::bigint $$;
-
 -- Can a value of user field uf be assigned to contact field cf (or the reverse)? Asked of the
 -- parser itself: EXPLAIN plans the INSERT without running it, and fails exactly when PostgreSQL
 -- has no assignment cast (text -> date fails; date -> text works).
 create or replace function usersync._assignable(p_from regclass, p_from_field text, p_to regclass, p_to_field text)
 returns boolean
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     execute pg_catalog.format('explain (costs off) insert into %s (%I) select src.%I from %s src',
@@ -33,7 +25,7 @@ $$;
 create or replace function usersync._field_type(p_module text, p_field text)
 returns text
 language sql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
     select f.data_type from usersync.metadata_fields f where f.module = p_module and f.field = p_field
 $$;
@@ -42,7 +34,7 @@ $$;
 create or replace function usersync._reject_field(p_module text, p_field text)
 returns void
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     m usersync.modules;
@@ -73,14 +65,14 @@ create or replace function usersync._check_mapping_row()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     users_rel regclass := (select relation from usersync.modules where module = 'users');
     contacts_rel regclass := (select relation from usersync.modules where module = 'contacts');
     other text;
 begin
-    perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+    lock table usersync.config_lock in exclusive mode;
     if new.user_field is null or new.contact_field is null then
         raise exception using errcode = 'US003', message = 'a mapping needs both a user field and a contact field',
             hint = 'To remove a mapping, DELETE its row instead.';
@@ -130,10 +122,10 @@ create or replace function usersync._mapping_changed()
 returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
-    perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+    lock table usersync.config_lock in exclusive mode;
     update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
     -- With no pair at all, nothing can be stale.
     if not exists (select from usersync.links l where l.active) then
@@ -159,7 +151,7 @@ create or replace function usersync.default_field_mapping()
 returns table (user_field text, contact_field text)
 language sql stable
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
     select u.field, c.field
       from usersync.metadata_fields u
@@ -175,7 +167,7 @@ create or replace function usersync.reset_field_mapping()
 returns bigint
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     n bigint;

@@ -9,7 +9,12 @@ create or replace function usersync._diagnose(p_user_id bigint)
 returns table (contact_id bigint, direction text, user_field text, contact_field text, sqlstate text, message text)
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
+-- the settings of the generated functions' conversions (usersync._gen_pins), so a diagnosis
+-- fails exactly where they do
+set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
+set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
+set default_text_search_config = 'pg_catalog.simple'
 as $$
 declare
     mu usersync.modules;
@@ -59,7 +64,12 @@ create or replace function usersync._field_fits(p_user_ids bigint[], p_user_fiel
 returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
+-- the settings of the generated functions' conversions (usersync._gen_pins), so a diagnosis
+-- fails exactly where they do
+set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
+set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
+set default_text_search_config = 'pg_catalog.simple'
 as $$
 declare
     mu usersync.modules;
@@ -102,7 +112,7 @@ create or replace function usersync._explain_failure(p_user_ids bigint[])
 returns void
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     m record;
@@ -143,5 +153,26 @@ begin
             detail = d.message,
             hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
     end loop;
+end
+$$;
+
+-- A write the engine asked for touched fewer (or more) rows than it should have: something on the
+-- table swallowed it (a restrictive row-level security policy, a BEFORE trigger returning NULL,
+-- a row deleted behind the triggers' back). Failing here keeps a pair from being reported as
+-- synced when it is not; see docs/reliability.md, "Trust model".
+create or replace function usersync._lost_write(p_table regclass, p_action text, p_expected bigint, p_done bigint)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception using errcode = 'US007',
+        message = pg_catalog.format('usersync could not %s %s row(s) of %s: %s were %s', p_action, p_expected, p_table,
+                                    p_done, case p_action when 'read' then 'visible' else 'affected' end),
+        detail = 'Something on the table hid or skipped rows the engine writes: a row-level security policy that does '
+                 'not let usersync_engine see them, a BEFORE trigger that returned NULL, or a row deleted while '
+                 'the triggers were bypassed.',
+        hint = pg_catalog.format('Check the policies and triggers on %s (usersync needs to see and write every '
+                                 'row it synchronizes); SELECT usersync.sync_users() repairs missing rows.', p_table);
 end
 $$;

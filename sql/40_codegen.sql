@@ -15,14 +15,14 @@
 
 -- Column lists and expressions for the current mapping and catalog.
 create or replace function usersync._gen_contact_cols()
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(f.field), ', ' order by f.position)
       from usersync.metadata_fields f where f.module = 'contacts'
 $$;
 
 -- The contact as the image of a user row named p_alias: mapped fields copied, the rest NULL.
 create or replace function usersync._gen_contact_image(p_alias text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(case when m.user_field is null then 'null'
                            else p_alias || '.' || pg_catalog.quote_ident(m.user_field) end,
                       ', ' order by f.position)
@@ -32,7 +32,7 @@ returns text language sql stable set search_path = '' as $$
 $$;
 
 create or replace function usersync._gen_mapped_user_cols()
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(m.user_field), ', ' order by f.position)
       from usersync.field_mapping m
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
@@ -42,7 +42,7 @@ $$;
 -- no assignment cast exists (text -> date) the value is cast explicitly; a bad value then fails.
 -- The one place that decides it: the generated code, the diagnosis and its probes all use it.
 create or replace function usersync._gen_reverse_expr(p_alias text, p_contact_field text, p_user_field text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when usersync._assignable((select relation from usersync.modules where module = 'contacts'),
                                           p_contact_field,
                                           (select relation from usersync.modules where module = 'users'),
@@ -54,7 +54,7 @@ $$;
 
 -- The mapped user fields as the image of a contact row named p_alias (reversed pairs).
 create or replace function usersync._gen_user_image(p_alias text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(usersync._gen_reverse_expr(p_alias, m.contact_field, m.user_field), ', ' order by f.position)
       from usersync.field_mapping m
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
@@ -62,7 +62,7 @@ $$;
 
 -- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
 create or replace function usersync._gen_changed(p_module text, p_old text, p_new text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when count(*) = 0 then 'false'
                 else pg_catalog.format('(%s) is distinct from (%s)',
                        string_agg(p_old || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field),
@@ -73,7 +73,7 @@ $$;
 
 -- The name of the first mapped field that differs, for error messages.
 create or replace function usersync._gen_first_changed(p_module text, p_old text, p_new text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select coalesce('case ' || string_agg(pg_catalog.format('when %s.%I is distinct from %s.%I then %L',
                                                             p_old, x.field, p_new, x.field, x.field),
                                           ' ' order by x.field) || ' end',
@@ -85,7 +85,7 @@ $$;
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
 -- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
 create or replace function usersync._gen_contact_same(p_contact text, p_user text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(m.user_field is not null and uf.data_type <> f.data_type) then 'false'
                 else string_agg(case when m.user_field is null
                                      then pg_catalog.format('%s.%I is null', p_contact, f.field)
@@ -99,7 +99,7 @@ returns text language sql stable set search_path = '' as $$
 $$;
 
 create or replace function usersync._gen_user_same(p_user text, p_contact text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(uf.data_type <> cf.data_type) then 'false'
                 else coalesce(string_agg(pg_catalog.format('%s.%I is not distinct from %s.%I',
                                                            p_user, m.user_field, p_contact, m.contact_field),
@@ -114,7 +114,7 @@ $$;
 -- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
 -- functions pay for an exception block to name the culprit.
 create or replace function usersync._gen_writes_can_fail()
-returns boolean language sql stable set search_path = '' as $$
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from usersync.field_mapping m
                      join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
                      join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
@@ -137,14 +137,76 @@ returns boolean language sql stable set search_path = '' as $$
                     where i.indisunique and not i.indisprimary and mo.module = 'contacts')
 $$;
 
+-- Can a write of the engine to this table be swallowed, i.e. touch fewer rows than it asked for?
+-- Yes with row-level security on (a restrictive policy can hide rows even from the engine), or
+-- with a BEFORE row trigger of the application (returning NULL skips the row). Only then do the
+-- generated functions count the rows each write touched (US007, usersync._lost_write). Rules are
+-- refused on the module tables altogether (60_ddl_guard.sql).
+create or replace function usersync._gen_writes_can_vanish(p_rel regclass)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select exists (select from pg_catalog.pg_class c where c.oid = p_rel and c.relrowsecurity)
+        or exists (select from pg_catalog.pg_trigger t
+                    where t.tgrelid = p_rel and not t.tgisinternal and (t.tgtype & 3) = 3
+                      and not exists (select from usersync._engine_triggers() et
+                                       where t.tgfoid = pg_catalog.to_regprocedure(et.fn)))
+$$;
+
+-- The SET clauses that make every conversion a generated function performs independent of the
+-- session (a date copied into a text field is written in DateStyle, a timestamptz in TimeZone, ...).
+-- Needed only where a mapped pair's types differ; the static functions that convert carry the
+-- same list in their definitions (tests/test_boundary.py checks that they agree).
+create or replace function usersync._gen_pins()
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select case when exists (select from usersync.field_mapping m
+                               join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
+                               join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
+                              where u.data_type <> c.data_type)
+                then 'set datestyle = ''ISO, YMD'' set intervalstyle = ''postgres'' set timezone = ''UTC'''
+                     ' set extra_float_digits = 1 set bytea_output = ''hex'' set lc_monetary = ''C'''
+                     ' set xmloption = ''content'' set xmlbinary = ''base64'''
+                     ' set default_text_search_config = ''pg_catalog.simple'''
+                else '' end
+$$;
+
 -- The user columns a new contact is made from (the key and the mapped fields), so that creating
 -- contacts copies no more of each row than it needs.
 create or replace function usersync._gen_source_cols(p_alias text)
-returns text language sql stable set search_path = '' as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(p_alias || '.' || pg_catalog.quote_ident(x.col), ', ' order by x.ord, x.col)
       from (select (select key_column::text from usersync.modules where module = 'users') as col, 0 as ord
             union
             select m.user_field, 1 from usersync.field_mapping m) x
+$$;
+
+-- Generated code must keep the structure of its template whatever the identifiers it embeds
+-- (a column may be named 'a$body$; select f(); $body$b' or '@HAS_MAP@'). Three rules make it so:
+--   1. placeholders are substituted in one pass over the template: a substituted value is never
+--      searched again, so a value holding '@NAME@' stays text;
+--   2. the markers below are found in the template before anything is substituted;
+--   3. a function body is passed to CREATE FUNCTION as a quote_literal string, never between
+--      dollar quotes, so no text inside it can end it.
+-- Values are quoted identifiers, literals and fragments built from them (usersync._generate()).
+
+-- Rule 1: the template cut at its placeholders, values put between the pieces.
+create or replace function usersync._gen_subst(p_template text, p_vars jsonb)
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+declare
+    pieces text[] := pg_catalog.regexp_split_to_array(p_template, '@[A-Z_]+@');
+    names text[] := array(select m.token[1]
+                            from pg_catalog.regexp_matches(p_template, '@([A-Z_]+)@', 'g') with ordinality m(token, i)
+                           order by m.i);
+    result text := pieces[1];
+    v text;
+begin
+    for i in 1 .. coalesce(pg_catalog.cardinality(names), 0) loop
+        v := p_vars ->> names[i];
+        if v is null then
+            raise exception 'usersync internal error: unfilled placeholder @%@ in a generated function', names[i];
+        end if;
+        result := result || v || pieces[i + 1];
+    end loop;
+    return result;
+end
 $$;
 
 -- Statements that join a trigger's transition tables are written once in a template, between
@@ -155,9 +217,11 @@ $$;
 -- 100,000 rows; one made for 100,000 rows (hash joins reading all of links) is a full scan for
 -- every later one-row UPDATE. Small statements therefore always run the static copy, whose plan
 -- is only ever made for small sizes; bulk ones are planned afresh with their real sizes.
-create or replace function usersync._gen_dual(p_body text)
-returns text language plpgsql immutable set search_path = '' as $$
+-- Markers are read from the template (rule 2); each piece is then filled (rule 1).
+create or replace function usersync._gen_body(p_body text, p_vars jsonb)
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 declare
+    result text := '';
     head_at integer;
     head_len integer;
     head text[];
@@ -191,30 +255,60 @@ begin
         if using_var is not null then
             dyn := pg_catalog.regexp_replace(dyn, '\m' || using_var || '\M', '$1', 'g');
         end if;
-        p_body := pg_catalog.substr(p_body, 1, head_at - 1)
+        result := result || usersync._gen_subst(pg_catalog.substr(p_body, 1, head_at - 1), p_vars)
                || pg_catalog.format(E'if usersync_bulk then\n        execute %L%s%s;\n    else\n        %s\n    end if;',
-                                    dyn, coalesce(' into ' || into_var, ''), coalesce(' using ' || using_var, ''), stmt)
-               || pg_catalog.substr(rest, end_at + 7);
+                                    usersync._gen_subst(dyn, p_vars), coalesce(' into ' || into_var, ''),
+                                    coalesce(' using ' || using_var, ''), usersync._gen_subst(stmt, p_vars));
+        p_body := pg_catalog.substr(rest, end_at + 7);
+    end loop;
+    return result || usersync._gen_subst(p_body, p_vars);
+end
+$$;
+
+-- @TRY@ ... @CATCH@ ... @END_CATCH@ in a template: an exception block that names the culprit of a
+-- failing write. Where no synchronized value can fail (usersync._gen_writes_can_fail) the block
+-- and its handler are left out, sparing a subtransaction per statement. Read from the template
+-- before anything is substituted (rule 2).
+create or replace function usersync._gen_try(p_body text, p_can_fail boolean)
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+declare
+    catch_at integer;
+    end_at integer;
+begin
+    if p_can_fail then
+        return pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(p_body,
+                   '@TRY@', 'begin'),
+                   '@CATCH@', 'exception when data_exception or integrity_constraint_violation then'),
+                   '@END_CATCH@', 'end;');
+    end if;
+    p_body := pg_catalog.replace(p_body, '@TRY@', '');
+    loop
+        catch_at := pg_catalog.strpos(p_body, '@CATCH@');
+        exit when catch_at = 0;
+        end_at := pg_catalog.strpos(p_body, '@END_CATCH@');
+        p_body := pg_catalog.substr(p_body, 1, catch_at - 1) || pg_catalog.substr(p_body, end_at + 11);
     end loop;
     return p_body;
 end
 $$;
 
+-- A template is "create ... as $body$ BODY $body$;": the body is filled and becomes a string
+-- literal (rule 3); the head and tail are filled too (they hold only the generator's own values).
 create or replace function usersync._gen_fill(p_template text, p_vars jsonb)
-returns text language plpgsql immutable set search_path = '' as $$
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 declare
-    k text;
-    v text;
+    parts text[] := pg_catalog.string_to_array(p_template, '$body$');
 begin
-    for k, v in select key, value from pg_catalog.jsonb_each_text(p_vars) loop
-        p_template := pg_catalog.replace(p_template, '@' || k || '@', v);
-    end loop;
-    p_template := usersync._gen_dual(p_template);
-    if p_template ~ '@[A-Z_]+@' then
-        raise exception 'usersync internal error: unfilled placeholder % in a generated function',
-            (pg_catalog.regexp_match(p_template, '@[A-Z_]+@'))[1];
+    if pg_catalog.cardinality(parts) <> 3 then
+        raise exception 'usersync internal error: a template needs exactly one $body$ ... $body$';
     end if;
-    return p_template;
+    -- use_variable: the engine's variables and parameters win over same-named columns of the
+    -- application (a column called switched_on or p_user_ids); the engine's own references to
+    -- columns are all qualified by an alias, so they are never taken for a variable.
+    return usersync._gen_subst(parts[1], p_vars)
+        || pg_catalog.quote_literal(E'\n#variable_conflict use_variable' || usersync._gen_body(usersync._gen_try(parts[2], (p_vars ->> 'CAN_FAIL')::boolean),
+                                                       p_vars))
+        || usersync._gen_subst(parts[3], p_vars);
 end
 $$;
 
@@ -222,7 +316,7 @@ create or replace function usersync._generate()
 returns void
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $gen$
 declare
     mu usersync.modules;
@@ -241,7 +335,7 @@ begin
     -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
     seq := pg_catalog.pg_get_serial_sequence(mc.relation::text, mc.key_column);
     if seq is not null then
-        cid := pg_catalog.format('pg_catalog.nextval(%L::regclass)', seq);
+        cid := pg_catalog.format('pg_catalog.nextval(%L::pg_catalog.regclass)', seq);
     else
         select pg_catalog.pg_get_expr(d.adbin, d.adrelid) into cid
           from pg_catalog.pg_attrdef d join pg_catalog.pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
@@ -260,6 +354,12 @@ begin
         'UK', pg_catalog.quote_ident(mu.key_column),
         'CK', pg_catalog.quote_ident(mc.key_column),
         'SW', pg_catalog.quote_ident(mu.switch_column),
+        'SW_LIT', pg_catalog.quote_literal(pg_catalog.quote_ident(mu.switch_column)),
+        'U_REL', pg_catalog.format('%L::pg_catalog.regclass', mu.relation::text),
+        'C_REL', pg_catalog.format('%L::pg_catalog.regclass', mc.relation::text),
+        'GUARDED_U', usersync._gen_writes_can_vanish(mu.relation)::text,
+        'GUARDED_C', usersync._gen_writes_can_vanish(mc.relation)::text,
+        'PINS', usersync._gen_pins(),
         'V', (select version from usersync.mapping_state)::text,
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'CID', cid,
@@ -267,7 +367,7 @@ begin
                                    and a.attname = mc.key_column and a.attidentity = 'a')
                     then 'overriding system value' else '' end,
         'C_COLS', usersync._gen_contact_cols(),
-        'C_IMG_S', usersync._gen_contact_image('s'),
+        'C_IMG_S', usersync._gen_contact_image('(s.usr)'),
         'C_IMG_N', usersync._gen_contact_image('n'),
         'C_IMG_U', usersync._gen_contact_image('u'),
         'HAS_MAP', (exists (select from usersync.field_mapping))::text,
@@ -278,10 +378,7 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
-        'TRY', case when can_fail then 'begin' else '' end,
-        'CATCH', case when can_fail then 'exception when data_exception or integrity_constraint_violation then'
-                      else '/* no exception block: no synchronized value can fail (usersync._gen_writes_can_fail)' end,
-        'END_CATCH', case when can_fail then 'end;' else '*/' end,
+        'CAN_FAIL', can_fail::text,
         'U_SRC_U', usersync._gen_source_cols('u'),
         'U_SRC_N', usersync._gen_source_cols('n'),
         'U_SAME', usersync._gen_user_same('u', 'c')

@@ -5,9 +5,16 @@
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
+-- @SW_LIT@ the switch column's name as a string literal (for messages), @PINS@ the SET clauses
+-- that make conversions independent of the session's settings (only where a mapped pair's types
+-- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
+-- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
+-- the rows each write touched and fails with US007 rather than report a pair as synced.
+-- Placeholders never stand in comments or string literals; see 40_codegen.sql for why the
+-- generated code keeps its structure whatever the identifiers.
 -- @TRY@ / @CATCH@ / @END_CATCH@ wrap the writes in an exception block that names user, contact
 -- and field when a value does not fit; when nothing can fail (same types, no constraints: see
--- usersync._gen_writes_can_fail) they become a comment, sparing a subtransaction per statement.
+-- usersync._gen_writes_can_fail) the block and its handler are left out (usersync._gen_try).
 --
 -- Trigger functions are SECURITY DEFINER, so inside them current_user is always the engine: who
 -- issued the statement is decided by the triggers' WHEN (current_user <> 'usersync_engine'),
@@ -22,12 +29,12 @@
 create or replace function usersync._templates()
 returns table (fn text, tpl text)
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $templates$
 values
 ('_g_lock_pair(bigint, bigint, text)', $tpl$
 create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)
-returns void language plpgsql security definer set search_path = '' as $body$
+returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
     if p_source = 'contact' then
         perform from @C@ c where c.@CK@ = p_contact_id for update;
@@ -42,9 +49,10 @@ $tpl$),
 
 ('_g_refresh(bigint[])', $tpl$
 create or replace function usersync._g_refresh(p_user_ids bigint[], out synced bigint, out changed bigint)
-language plpgsql security definer set search_path = '' as $body$
+language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     n bigint;
+    expected bigint;
 begin
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
@@ -55,30 +63,56 @@ begin
      order by u.@UK@ for share;
     -- Both sides restricted by the array: PostgreSQL does not carry "= any(array)" across a join,
     -- and without it every batch would scan all of links.
+    if @GUARDED_C@ then
+        select count(*) into expected
+          from @C@ c, @U@ u join usersync.links l on l.user_id = u.@UK@
+         where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+           and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
+           and not (@C_SAME@);
+    end if;
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join usersync.links l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
        and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
     get diagnostics changed = row_count;
+    if @GUARDED_C@ and changed <> expected then
+        perform usersync._lost_write(@C_REL@, 'update', expected, changed);
+    end if;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
         perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
+        if @GUARDED_U@ then
+            select count(*) into expected
+              from @U@ u, @C@ c join usersync.links l on l.contact_id = c.@CK@
+             where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+               and l.active and l.source = 'contact' and u.@UK@ = l.user_id
+               and not (@U_SAME@);
+        end if;
         update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
           from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
            and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
         get diagnostics n = row_count;
+        if @GUARDED_U@ and n <> expected then
+            perform usersync._lost_write(@U_REL@, 'update', expected, n);
+        end if;
         changed := changed + n;
     end if;
-    -- Every active pair whose contact exists is now the image of its source under mapping @V@.
-    -- (offset 0 keeps the EXISTS a per-row index probe; as a hash semi-join it would read all
-    -- of contacts for every batch)
+    -- Every active pair whose contact exists is now the image of its source under the current
+    -- mapping. (offset 0 keeps the EXISTS a per-row index probe; as a hash semi-join it would read
+    -- all of contacts for every batch)
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
      where l.user_id = any(p_user_ids) and l.active
        and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0);
     get diagnostics synced = row_count;
+    -- A pair whose contact the engine cannot see (deleted behind the triggers' back, or hidden by
+    -- a row-level security policy) is not synced, and says so rather than stay silently stale.
+    select count(*) into expected from usersync.links l where l.user_id = any(p_user_ids) and l.active;
+    if synced <> expected then
+        perform usersync._lost_write(@C_REL@, 'read', expected, synced);
+    end if;
     delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
 end
 $body$;
@@ -86,7 +120,10 @@ $tpl$),
 
 ('_g_link(bigint[])', $tpl$
 create or replace function usersync._g_link(p_user_ids bigint[])
-returns bigint language plpgsql security definer set search_path = '' as $body$
+returns bigint language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
+declare
+    expected bigint;
+    written bigint;
 begin
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
@@ -96,16 +133,30 @@ begin
     -- with the user as the source again: that is what the switch means.
     update usersync.links l set active = true, source = 'user'
      where l.user_id = any(p_user_ids) and not l.active;
-    with s as materialized (
-        select @CID@ as usersync_new_contact_id, @U_SRC_U@
-          from @U@ u
+    if @GUARDED_C@ then
+        select count(*) into expected from @U@ u
          where u.@UK@ = any(p_user_ids) and u.@SW@
-           and not exists (select from usersync.links l where l.user_id = u.@UK@)),
+           and not exists (select from usersync.links l where l.user_id = u.@UK@);
+    end if;
+    -- s(new_id, usr): the user's columns travel as one composite, so no column of the
+    -- application's can clash with the engine's own.
+    with s as materialized (
+        select @CID@ as new_id, x as usr
+          from (select @U_SRC_U@
+                  from @U@ u
+                 where u.@UK@ = any(p_user_ids) and u.@SW@
+                   and not exists (select from usersync.links l where l.user_id = u.@UK@)) x),
     linked as (
         insert into usersync.links (user_id, contact_id, source, active, mapping_version)
-        select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s)
+        select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s)
     insert into @C@ (@CK@, @C_COLS@) @OVR@
-    select s.usersync_new_contact_id, @C_IMG_S@ from s;
+    select s.new_id, @C_IMG_S@ from s;
+    if @GUARDED_C@ then
+        get diagnostics written = row_count;
+        if written <> expected then
+            perform usersync._lost_write(@C_REL@, 'insert', expected, written);
+        end if;
+    end if;
     return (usersync._g_refresh(p_user_ids)).synced;
 end
 $body$;
@@ -113,7 +164,7 @@ $tpl$),
 
 ('_g_sync_users(bigint[])', $tpl$
 create or replace function usersync._g_sync_users(p_user_ids bigint[])
-returns bigint language plpgsql security definer set search_path = '' as $body$
+returns bigint language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     unknown bigint[];
     ids bigint[];
@@ -151,21 +202,29 @@ $tpl$),
 
 ('_g_on_users_insert()', $tpl$
 create or replace function usersync._g_on_users_insert()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
+declare
+    written bigint;
 begin
     @TRY@
     if exists (select from new_rows n where n.@SW@) then
         with s as materialized (
-            select @CID@ as usersync_new_contact_id, @U_SRC_N@ from new_rows n where n.@SW@),
+            select @CID@ as new_id, x as usr from (select @U_SRC_N@ from new_rows n where n.@SW@) x),
         linked as (
             -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
             insert into usersync.links (user_id, contact_id, source, active, mapping_version)
-            select s.@UK@, s.usersync_new_contact_id, 'user', true, @V@ from s
+            select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s
             on conflict (user_id) do update
                set contact_id = excluded.contact_id, source = 'user', active = true,
                    mapping_version = excluded.mapping_version, synced_at = pg_catalog.now())
         insert into @C@ (@CK@, @C_COLS@) @OVR@
-        select s.usersync_new_contact_id, @C_IMG_S@ from s;
+        select s.new_id, @C_IMG_S@ from s;
+        if @GUARDED_C@ then
+            get diagnostics written = row_count;
+            if written <> (select count(*) from new_rows n where n.@SW@) then
+                perform usersync._lost_write(@C_REL@, 'insert', (select count(*) from new_rows n where n.@SW@), written);
+            end if;
+        end if;
     end if;
     @CATCH@
         perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
@@ -178,10 +237,12 @@ $tpl$),
 
 ('_g_on_users_update()', $tpl$
 create or replace function usersync._g_on_users_update()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     r record;
     switched_on bigint[] := '{}';
+    expected bigint;
+    written bigint;
     any_reversed boolean;
     any_stale boolean;
     any_switched boolean;
@@ -218,8 +279,22 @@ begin
         end if;
     end if;
 
-    -- The switch changed for some row (rare).
+    -- The switch changed for some row, or a key did (rare: both show as a (key, switch) that is new).
     if any_switched then
+        -- A pair is its two keys: re-keying a linked user would leave its link behind.
+        /*dual into r*/
+        select o.@UK@ as user_id into r
+          from old_rows o
+         where not exists (select from new_rows n where n.@UK@ = o.@UK@)
+           and exists (select from usersync.links l where l.user_id = o.@UK@)
+         limit 1;
+        /*end*/
+        if r.user_id is not null then
+            raise exception using errcode = 'US008',
+                message = pg_catalog.format('the key of user %s cannot change: it is linked to a contact', r.user_id),
+                detail = 'usersync identifies a pair by the keys of its user and its contact.',
+                hint = 'Keep the key, or delete the user and insert it again with the new key.';
+        end if;
         -- Switched off: the link ends, the contact stays as an ordinary contact.
         /*dual*/
         update usersync.links l set active = false
@@ -238,6 +313,16 @@ begin
 
     -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
     -- write nothing.
+    if @GUARDED_C@ then
+        /*dual into expected using switched_on*/
+        select count(*) into expected
+          from new_rows n
+          join old_rows o on o.@UK@ = n.@UK@
+          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+         where n.@SW@ and @U_CHANGED@
+           and not n.@UK@ = any(switched_on);
+        /*end*/
+    end if;
     /*dual using switched_on*/
     update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
       from new_rows n
@@ -246,6 +331,12 @@ begin
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
     /*end*/
+    if @GUARDED_C@ then
+        get diagnostics written = row_count;
+        if written <> expected then
+            perform usersync._lost_write(@C_REL@, 'update', expected, written);
+        end if;
+    end if;
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
     -- worth a look while a mapping change has not been resynced everywhere yet.
     if any_stale then
@@ -267,9 +358,11 @@ $tpl$),
 
 ('_g_on_users_delete()', $tpl$
 create or replace function usersync._g_on_users_delete()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     r record;
+    expected bigint;
+    written bigint;
     usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
     if exists (select from usersync.links l where l.active and l.source = 'contact') then
@@ -289,11 +382,23 @@ begin
         end if;
     end if;
     if (select s.delete_contact_with_user from usersync.settings s) then
+        if @GUARDED_C@ then
+            /*dual into expected*/
+            select count(*) into expected
+              from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user';
+            /*end*/
+        end if;
         /*dual*/
         delete from @C@ c
          using old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user'
          where c.@CK@ = l.contact_id;
         /*end*/
+        if @GUARDED_C@ then
+            get diagnostics written = row_count;
+            if written <> expected then
+                perform usersync._lost_write(@C_REL@, 'delete', expected, written);
+            end if;
+        end if;
     end if;
     -- Without the toggle the contact stays, unlinked and editable.
     /*dual*/
@@ -309,7 +414,10 @@ $tpl$),
 
 ('_g_on_users_truncate()', $tpl$
 create or replace function usersync._g_on_users_truncate()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+declare
+    expected bigint;
+    written bigint;
 begin
     if exists (select from usersync.links l where l.active and l.source = 'contact') then
         raise exception using errcode = 'US002',
@@ -319,7 +427,12 @@ begin
     end if;
     -- TRUNCATE skips row triggers; apply the delete rules to every pair at once instead.
     if (select s.delete_contact_with_user from usersync.settings s) then
+        select count(*) into expected from usersync.links l where l.active and l.source = 'user';
         delete from @C@ c using usersync.links l where c.@CK@ = l.contact_id and l.active and l.source = 'user';
+        get diagnostics written = row_count;
+        if @GUARDED_C@ and written <> expected then
+            perform usersync._lost_write(@C_REL@, 'delete', expected, written);
+        end if;
     end if;
     delete from usersync.links;
     delete from usersync.sync_errors;
@@ -330,25 +443,48 @@ $tpl$),
 
 ('_g_on_contact_update()', $tpl$
 create or replace function usersync._g_on_contact_update()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     l usersync.links;
+    written bigint;
 begin
     select * into l from usersync.links where contact_id = old.@CK@ and active;
     if not found then
+        -- A remembered contact (its user switched off) is found again by its key.
+        if new.@CK@ is distinct from old.@CK@ then
+            select * into l from usersync.links x where x.contact_id = old.@CK@;
+        end if;
+        if l.user_id is not null then
+            raise exception using errcode = 'US008',
+                message = pg_catalog.format('the key of contact %s cannot change: it is linked to user %s', old.@CK@, l.user_id),
+                detail = 'usersync identifies a pair by the keys of its user and its contact.',
+                hint = 'Keep the key, or delete the contact and insert it again with the new key.';
+        end if;
         return null;
     end if;
     if l.source = 'user' then
         raise exception using errcode = 'US001',
             message = pg_catalog.format('contact %s is synchronized from user %s and cannot be edited', old.@CK@, l.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
-            hint = pg_catalog.format('Edit user %s instead; or switch its synchronization off (UPDATE ... SET @SW@ = false), '
+            hint = pg_catalog.format('Edit user %s instead; or switch its synchronization off (UPDATE ... SET %s = false), '
                                      'or reverse the direction: SELECT usersync.set_sync_source(%s, ''contact'')',
-                                     l.user_id, l.user_id);
+                                     l.user_id, @SW_LIT@, l.user_id);
+    end if;
+    if new.@CK@ is distinct from old.@CK@ then
+        raise exception using errcode = 'US008',
+            message = pg_catalog.format('the key of contact %s cannot change: it is linked to user %s', old.@CK@, l.user_id),
+            detail = 'usersync identifies a pair by the keys of its user and its contact.',
+            hint = 'Keep the key, or delete the contact and insert it again with the new key.';
     end if;
     if @HAS_MAP@ and @C_CHANGED@ then
         @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
+        if @GUARDED_U@ then
+            get diagnostics written = row_count;
+            if written <> 1 then
+                perform usersync._lost_write(@U_REL@, 'update', 1, written);
+            end if;
+        end if;
         @CATCH@
             perform usersync._explain_failure(array[l.user_id]);
             raise;
@@ -361,7 +497,7 @@ $tpl$),
 
 ('_g_on_contact_delete_before()', $tpl$
 create or replace function usersync._g_on_contact_delete_before()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     l usersync.links;
 begin
@@ -383,9 +519,10 @@ $tpl$),
 
 ('_g_on_contact_delete_after()', $tpl$
 create or replace function usersync._g_on_contact_delete_after()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     l usersync.links;
+    written bigint;
 begin
     select * into l from usersync.links where contact_id = old.@CK@;
     if not found then
@@ -399,6 +536,12 @@ begin
         else
             update @U@ u set @SW@ = false where u.@UK@ = l.user_id;
         end if;
+        if @GUARDED_U@ then
+            get diagnostics written = row_count;
+            if written <> 1 then
+                perform usersync._lost_write(@U_REL@, 'delete', 1, written);
+            end if;
+        end if;
     end if;
     return null;
 end
@@ -407,7 +550,7 @@ $tpl$),
 
 ('_g_on_contacts_truncate()', $tpl$
 create or replace function usersync._g_on_contacts_truncate()
-returns trigger language plpgsql security definer set search_path = '' as $body$
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     n bigint;
     example usersync.links;
@@ -419,7 +562,7 @@ begin
             message = pg_catalog.format('cannot truncate %s: %s contact(s) are synchronized from users (contact %s from user %s, ...)',
                                         tg_table_name, n, example.contact_id, example.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
-            hint = 'Switch synchronization off for those users first (UPDATE ... SET @SW@ = false).';
+            hint = pg_catalog.format('Switch synchronization off for those users first (UPDATE ... SET %s = false).', @SW_LIT@);
     end if;
     if exists (select from usersync.links l where l.active) then
         raise exception using errcode = 'US004',

@@ -22,11 +22,11 @@ create or replace function usersync.sync_users(user_ids bigint[] default null)
 returns bigint
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     -- Taken before any row lock, so it never waits while holding one.
-    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    lock table usersync.config_lock in share mode;
     return usersync._g_sync_users(user_ids);
 end
 $$;
@@ -38,7 +38,7 @@ returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_fa
                synced bigint, changed bigint, failed bigint, total bigint)
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -57,7 +57,7 @@ begin
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
             hint = 'Pass a positive number of pairs per batch, e.g. 1000.';
     end if;
-    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    lock table usersync.config_lock in share mode;
     -- One run at a time: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state for update;
     -- A finished run, or none: start one. A run whose mapping changed between two batches starts
@@ -90,7 +90,7 @@ begin
         select * into r from usersync._g_refresh(ids);
         ok := r.synced;
         rewritten := r.changed;
-    exception when data_exception or integrity_constraint_violation then
+    exception when data_exception or integrity_constraint_violation or sqlstate 'US007' then
         -- Some pair in the batch holds a value its target cannot take: redo the batch pair by
         -- pair so the others still sync, and record each failure with its field.
         ok := 0;
@@ -100,7 +100,7 @@ begin
                 select * into r from usersync._g_refresh(array[uid]);
                 ok := ok + r.synced;
                 rewritten := rewritten + r.changed;
-            exception when data_exception or integrity_constraint_violation then
+            exception when data_exception or integrity_constraint_violation or sqlstate 'US007' then
                 get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
                 select * into d from usersync._diagnose(uid);
                 insert into usersync.sync_errors as e (user_id, contact_id, field, sqlstate, message)
@@ -147,7 +147,7 @@ create or replace function usersync.set_sync_source(user_id bigint, source text)
 returns void
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     l usersync.links;
@@ -158,7 +158,7 @@ begin
             message = pg_catalog.format('invalid synchronization source %L', set_sync_source.source),
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
     end if;
-    perform pg_catalog.pg_advisory_xact_lock_shared(usersync._config_lock_key());
+    lock table usersync.config_lock in share mode;
     -- Lock the pair source first (as every writer does), then re-read: the direction may have
     -- changed while this waited.
     loop

@@ -1,34 +1,31 @@
 -- 60_ddl_guard.sql: event triggers that protect what the engine depends on.
 --
 -- Refused with US005: dropping a module table; dropping, renaming or retyping a column that the
--- mapping, the key or the switch uses; disabling or (unless superuser) dropping the engine's
--- triggers. Any other ALTER TABLE of a module (a new custom field, say) regenerates the engine's
--- functions so they match the table. DROP SCHEMA usersync CASCADE uninstalls and is allowed.
-
-create or replace function usersync._trigger_names()
-returns table (module text, name text)
-language sql immutable set search_path = '' as $$
-    values ('users', 'usersync_after_insert'), ('users', 'usersync_after_update'),
-           ('users', 'usersync_after_delete'), ('users', 'usersync_before_truncate'),
-           ('contacts', 'usersync_after_update'), ('contacts', 'usersync_before_delete'),
-           ('contacts', 'usersync_after_delete'), ('contacts', 'usersync_before_truncate')
-$$;
+-- mapping, the key or the switch uses; disabling, renaming or (unless superuser) dropping the
+-- engine's triggers; rules on a module table; any function owned by usersync_engine that is not
+-- SECURITY DEFINER with the pinned search_path. Any other ALTER TABLE of a module (a new custom
+-- field, say), a new trigger, index or policy on one, regenerates the engine's functions so they
+-- match the table. DROP SCHEMA usersync CASCADE uninstalls and is allowed.
+--
+-- Ownership (docs/sql-api.md, "Ownership"): these functions run as the role that issued the DDL
+-- (often a superuser), so they are owned by the installing role, never by usersync_engine: a
+-- role that could replace them would run its code as whoever next runs DDL.
 
 -- The types of the mapped fields when the engine was last generated: a retype is seen by
 -- comparing against them.
 create or replace function usersync._mapped_field_types()
-returns jsonb language sql stable set search_path = '' as $$
+returns jsonb language sql stable set search_path = pg_catalog, pg_temp as $$
     select coalesce(pg_catalog.jsonb_object_agg(f.module || '.' || f.field, f.data_type), '{}')
       from usersync.field_mapping m
       join usersync.metadata_fields f
         on (f.module = 'users' and f.field = m.user_field) or (f.module = 'contacts' and f.field = m.contact_field)
 $$;
 
-create or replace function usersync._check_dependencies()
+-- Runs as the installing role, inside the DDL guard's event triggers.
+create or replace function usersync._check_dependencies(p_missing_triggers_allowed boolean default false)
 returns void
 language plpgsql
-security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     m record;
@@ -45,11 +42,29 @@ begin
                                             t.col, m.relation),
                 hint = 'It is the module''s key or synchronization switch.';
         end loop;
-        for t in select tn.name, tg.tgenabled from usersync._trigger_names() tn
-                   left join pg_catalog.pg_trigger tg on tg.tgrelid = m.relation and tg.tgname = tn.name
-                  where tn.module = m.module and tg.tgenabled is distinct from 'O' and tg.tgenabled is distinct from 'A' loop
+        -- Rules rewrite the engine's own writes (DO INSTEAD NOTHING would silently drop them).
+        for t in select r.rulename from pg_catalog.pg_rewrite r
+                  where r.ev_class = m.relation and r.rulename <> '_RETURN' loop
             raise exception using errcode = 'US005',
-                message = pg_catalog.format('trigger %I on %s belongs to usersync and must stay enabled', t.name, m.relation),
+                message = pg_catalog.format('rule %I on %s is not allowed: the table is synchronized by usersync',
+                                            t.rulename, m.relation),
+                detail = 'A rule rewrites the engine''s own writes, which could then silently not happen.',
+                hint = 'Use a trigger instead of a rule.';
+        end loop;
+        for t in select et.name, et.fn, tg.tgname, tg.tgenabled
+                   from usersync._engine_triggers() et
+                   left join pg_catalog.pg_trigger tg
+                     on tg.tgrelid = m.relation and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
+                  where et.module = m.module
+                    and (tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A')) loop
+            if t.tgname is null and p_missing_triggers_allowed then
+                continue;
+            end if;
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('trigger %I on %s belongs to usersync and must stay %s', t.name, m.relation,
+                                            case when t.tgname is null then 'in place'
+                                                 when t.tgname <> t.name::name then 'as it is named'
+                                                 else 'enabled' end),
                 detail = 'Without it, writes to the module would bypass the synchronization.',
                 hint = 'To stop synchronizing a user, switch it off; to uninstall usersync: DROP SCHEMA usersync CASCADE.';
         end loop;
@@ -73,7 +88,7 @@ create or replace function usersync._on_sql_drop()
 returns event_trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     o record;
@@ -83,7 +98,7 @@ begin
         return;  -- uninstalling
     end if;
     for o in select d.* , mo.module, mo.relation from pg_catalog.pg_event_trigger_dropped_objects() d
-               join usersync.modules mo on mo.relation = d.objid and d.classid = 'pg_catalog.pg_class'::regclass loop
+               join usersync.modules mo on mo.relation = d.objid and d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass loop
         if o.object_type = 'table' then
             raise exception using errcode = 'US005',
                 message = pg_catalog.format('table %s is the %s module synchronized by usersync and cannot be dropped',
@@ -92,23 +107,13 @@ begin
         end if;
     end loop;
     -- Columns: the mapping check at ddl_command_end names the mapping; nothing else to do here.
-    -- Triggers: session_user, not current_user (which is the engine here), tells who asked; it
-    -- changes only through SET SESSION AUTHORIZATION, which only a superuser may run.
-    if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = session_user) then
-        return;
+    -- Triggers are recognised by the function they call, whatever their name. A superuser may
+    -- drop one (session_user, not current_user, tells who asked; it changes only through SET
+    -- SESSION AUTHORIZATION, which only a superuser may run).
+    if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d where d.object_type = 'trigger') then
+        perform usersync._check_dependencies(
+            p_missing_triggers_allowed => (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = session_user));
     end if;
-    for o in select d.object_identity
-               from pg_catalog.pg_event_trigger_dropped_objects() d
-               join usersync._trigger_names() tn on tn.name = d.address_names[3]
-               join usersync.modules mo on mo.module = tn.module
-                and mo.relation = pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) || '.'
-                                                         || pg_catalog.quote_ident(d.address_names[2]))
-              where d.object_type = 'trigger' loop
-        raise exception using errcode = 'US005',
-            message = pg_catalog.format('trigger %s belongs to usersync and cannot be dropped', o.object_identity),
-            detail = 'Without it, writes to the module would bypass the synchronization.',
-            hint = 'To uninstall usersync: DROP SCHEMA usersync CASCADE.';
-    end loop;
 end
 $$;
 
@@ -116,19 +121,58 @@ create or replace function usersync._on_ddl_end()
 returns event_trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
-    -- A command on a module table, or on an index of one (a new unique index changes what can fail).
+    -- A command on a module table, or on an index, trigger, rule or policy of one.
     if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
                      join usersync.modules mo
-                       on mo.relation = c.objid
-                       or mo.relation = (select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid)) then
+                       on mo.relation = case c.classid
+                            when 'pg_catalog.pg_class'::pg_catalog.regclass then
+                                coalesce((select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid), c.objid)
+                            when 'pg_catalog.pg_trigger'::pg_catalog.regclass then
+                                (select t.tgrelid from pg_catalog.pg_trigger t where t.oid = c.objid)
+                            when 'pg_catalog.pg_rewrite'::pg_catalog.regclass then
+                                (select r.ev_class from pg_catalog.pg_rewrite r where r.oid = c.objid)
+                            when 'pg_catalog.pg_policy'::pg_catalog.regclass then
+                                (select p.polrelid from pg_catalog.pg_policy p where p.oid = c.objid)
+                          end) then
         return;
     end if;
-    perform usersync._check_dependencies();
-    perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+    -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
+    -- triggers are being created, possibly one by one by usersync._attach().
+    perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+    lock table usersync.config_lock in exclusive mode;
     perform usersync._generate();
+end
+$$;
+
+-- Every function usersync_engine owns runs as usersync_engine, whoever calls it: SECURITY DEFINER
+-- with the pinned search_path. An invoker function (or an aggregate, whose support functions run
+-- as the caller) owned by the engine would run the engine's code with its caller's privileges, a
+-- superuser's among them.
+create or replace function usersync._on_routine_change()
+returns event_trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    f record;
+begin
+    for f in select p.oid::pg_catalog.regprocedure as fn
+               from pg_catalog.pg_event_trigger_ddl_commands() c
+               join pg_catalog.pg_proc p on p.oid = c.objid and c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+              where p.proowner = (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine')
+                and (not p.prosecdef or p.prokind not in ('f', 'p')
+                     or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false))
+              limit 1 loop
+        raise exception using errcode = 'US005',
+            message = pg_catalog.format('function %s is owned by usersync_engine and must be SECURITY DEFINER '
+                                        'with search_path = pg_catalog, pg_temp', f.fn),
+            detail = 'A function of the engine that ran as its caller would give the engine its caller''s privileges.',
+            hint = 'Functions owned by usersync_engine are written by usersync only; reinstall with usersync db upgrade.';
+    end loop;
 end
 $$;
 
@@ -138,5 +182,12 @@ create event trigger usersync_guard_drop on sql_drop
 
 drop event trigger if exists usersync_guard_alter;
 create event trigger usersync_guard_alter on ddl_command_end
-    when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE INDEX', 'ALTER INDEX')
+    when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'CREATE INDEX', 'ALTER INDEX',
+                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
     execute function usersync._on_ddl_end();
+
+drop event trigger if exists usersync_guard_routines;
+create event trigger usersync_guard_routines on ddl_command_end
+    when tag in ('CREATE FUNCTION', 'ALTER FUNCTION', 'CREATE PROCEDURE', 'ALTER PROCEDURE', 'ALTER ROUTINE',
+                 'CREATE AGGREGATE', 'ALTER AGGREGATE')
+    execute function usersync._on_routine_change();

@@ -2,60 +2,49 @@
 -- Safe to run again: it changes nothing that is already as it should be, and keeps the
 -- administrators' mapping and settings.
 
--- Attach the engine's triggers to the module tables named in usersync.modules. Existing
+-- Attach the engine's triggers (usersync._engine_triggers()) to the module tables named in
+-- usersync.modules, with the policy and grants the engine needs there. Existing
 -- triggers with the right definition are left alone (the DDL guard refuses to drop them for
 -- anyone but a superuser).
 create or replace function usersync._attach()
 returns void
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
-    mu usersync.modules;
-    mc usersync.modules;
     t record;
     seq text;
     existing text;
     wanted text;
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
-    for t in
-        select * from (values
-            (mu.relation, 'usersync_after_insert',
-             'after insert on %s referencing new table as new_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_insert()'),
-            (mu.relation, 'usersync_after_update',
-             'after update on %s referencing old table as old_rows new table as new_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_update()'),
-            (mu.relation, 'usersync_after_delete',
-             'after delete on %s referencing old table as old_rows for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_delete()'),
-            (mu.relation, 'usersync_before_truncate',
-             'before truncate on %s for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_users_truncate()'),
-            -- Contacts: row triggers that the engine's own writes skip (WHEN is checked before the
-            -- function is even called), so syncing a million contacts pays nothing for them.
-            (mc.relation, 'usersync_after_update',
-             'after update on %s for each row when (current_user <> ''usersync_engine'') execute function usersync._g_on_contact_update()'),
-            (mc.relation, 'usersync_before_delete',
-             'before delete on %s for each row when (current_user <> ''usersync_engine'') execute function usersync._g_on_contact_delete_before()'),
-            (mc.relation, 'usersync_after_delete',
-             'after delete on %s for each row when (current_user <> ''usersync_engine'') execute function usersync._g_on_contact_delete_after()'),
-            (mc.relation, 'usersync_before_truncate',
-             'before truncate on %s for each statement when (current_user <> ''usersync_engine'') execute function usersync._g_on_contacts_truncate()')
-        ) v(rel, name, def)
-    loop
-        wanted := pg_catalog.format('create trigger %I ', t.name) || pg_catalog.format(t.def, t.rel);
+    for t in select et.name, mo.relation,
+                    pg_catalog.format(et.def, mo.relation)
+                    || ' when (current_user <> ''usersync_engine'') execute function ' || et.fn as def
+               from usersync._engine_triggers() et join usersync.modules mo on mo.module = et.module loop
+        wanted := pg_catalog.format('create trigger %I ', t.name) || t.def;
         select pg_catalog.pg_get_triggerdef(tg.oid) into existing
-          from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
+          from pg_catalog.pg_trigger tg where tg.tgrelid = t.relation and tg.tgname = t.name;
         if existing is not null and lower(existing) = lower(wanted) then
             continue;
         end if;
         if existing is not null then
-            execute pg_catalog.format('drop trigger %I on %s', t.name, t.rel);
+            execute pg_catalog.format('drop trigger %I on %s', t.name, t.relation);
         end if;
         execute wanted;
     end loop;
 
-    execute pg_catalog.format('grant select, insert, update, delete on %s, %s to usersync_engine', mu.relation, mc.relation);
-    for seq in select pg_catalog.pg_get_serial_sequence(mo.relation::text, mo.key_column) from usersync.modules mo loop
+    for t in select mo.relation from usersync.modules mo loop
+        execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', t.relation);
+        -- Row-level security, when the application enables it (Supabase does on its tables), must
+        -- not hide rows from the engine: this permissive policy lets it see and write every row,
+        -- and applies to no other role. (A restrictive policy can still hide rows: the engine
+        -- then fails with US007 instead of skipping them; see usersync._lost_write.)
+        if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.relation and p.polname = 'usersync_engine') then
+            execute pg_catalog.format('create policy usersync_engine on %s as permissive for all to usersync_engine'
+                                      ' using (true) with check (true)', t.relation);
+        end if;
+        seq := pg_catalog.pg_get_serial_sequence(t.relation::text,
+                                                 (select mo.key_column from usersync.modules mo where mo.relation = t.relation));
         if seq is not null then
             execute pg_catalog.format('grant usage on sequence %s to usersync_engine', seq);
         end if;
@@ -77,14 +66,19 @@ alter function usersync.sync_users(bigint[]) owner to usersync_engine;
 alter function usersync.resync_step(integer) owner to usersync_engine;
 alter function usersync.set_sync_source(bigint, text) owner to usersync_engine;
 alter function usersync.preview_resync(integer) owner to usersync_engine;
-alter function usersync._check_dependencies() owner to usersync_engine;
-alter function usersync._on_sql_drop() owner to usersync_engine;
-alter function usersync._on_ddl_end() owner to usersync_engine;
+-- Functions that run as their caller, event-trigger functions above all, belong to the installing
+-- role and never to the engine (60_ddl_guard.sql explains why). Named here because an upgrade from
+-- 0.1, where the engine owned them, keeps the owner through CREATE OR REPLACE.
+alter function usersync._check_dependencies(boolean) owner to current_user;
+alter function usersync._on_sql_drop() owner to current_user;
+alter function usersync._on_ddl_end() owner to current_user;
 
 grant select on usersync.modules, usersync.settings, usersync.field_mapping, usersync.mapping_state to usersync_engine;
 grant select, insert, update, delete on usersync.links, usersync.sync_errors, usersync.resync_state to usersync_engine;
 grant insert, delete on usersync.field_mapping to usersync_engine;
 grant update on usersync.mapping_state to usersync_engine;
+-- LOCK TABLE ... SHARE/EXCLUSIVE needs UPDATE: the engine alone may take the configuration lock.
+grant update on usersync.config_lock to usersync_engine;
 grant select on usersync.metadata_fields to usersync_engine;
 
 -- Functions are executable by PUBLIC by default: take that away from every one of them,
@@ -115,7 +109,7 @@ begin
         perform usersync._attach();
         perform usersync.reset_field_mapping();
     else
-        perform pg_catalog.pg_advisory_xact_lock(usersync._config_lock_key());
+        lock table usersync.config_lock in exclusive mode;
         perform usersync._generate();
         perform usersync._attach();
     end if;

@@ -97,8 +97,9 @@ def test_resync_reports_synced_unchanged_failed_and_dry_run_changes_nothing(run,
                  " select 'u' || g, case when g = 3 then 'Professor' else 'Dr' end, true from generate_series(1, 7) g")
     run("mapping", "set", "academic_title", "short_title")
     preview = as_json(run("resync", "--dry-run", "--json"))
-    assert (preview["pairs"], preview["would_change"], preview["stale"]) == (7, 7, 7)
-    assert {"field": "short_title", "to": "Dr"}.items() <= preview["changes"][0].items()
+    assert (preview["pairs"], preview["would_change"], preview["would_fail"], preview["stale"]) == (7, 6, 1, 7)
+    assert preview["changes"][0]["error"] == "value too long for type character varying(3)"  # failures first
+    assert {"field": "short_title", "to": "Dr"}.items() <= preview["changes"][1].items()
     assert one(conn, "select count(*) from contacts where short_title is not null") == 0
     assert "would change" in run("resync", "--dry-run").stdout
     report = as_json(run("resync", "--batch-size", "3", "--json"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import add_user, one
+from helpers import add_user, one, raises_sqlstate
 
 
 def test_nothing_in_usersync_is_granted_to_public(conn):
@@ -20,21 +20,68 @@ def test_nothing_in_usersync_is_granted_to_public(conn):
     assert rows == []
 
 
-def test_every_security_definer_function_pins_an_empty_search_path(conn):
+def test_every_function_of_usersync_pins_pg_catalog_then_pg_temp(conn):
+    # An empty search_path still searches pg_temp first for types and relations.
     rows = conn.execute("""
-        select p.proname from pg_proc p
-         where p.pronamespace = 'usersync'::regnamespace and p.prosecdef
-           and not coalesce('search_path=""' = any(p.proconfig), false)""").fetchall()
+        select p.proname, p.proconfig from pg_proc p
+         where p.pronamespace = 'usersync'::regnamespace
+           and not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)
+           and p.prokind <> 'p'""").fetchall()
     assert rows == []
     assert one(conn, "select count(*) from pg_proc where pronamespace = 'usersync'::regnamespace and prosecdef") > 20
 
 
-def test_the_engine_owns_the_functions_that_write(conn):
+def test_everything_the_engine_owns_runs_as_the_engine(conn):
+    # Owned by usersync_engine means SECURITY DEFINER: whoever calls it, it runs as the engine.
     rows = conn.execute("""
-        select p.proname from pg_proc p
-         where p.pronamespace = 'usersync'::regnamespace and p.prosecdef
-           and pg_get_userbyid(p.proowner) <> 'usersync_engine'""").fetchall()
+        select p.oid::regprocedure from pg_proc p
+         where p.proowner = 'usersync_engine'::regrole and not p.prosecdef""").fetchall()
     assert rows == []
+    assert one(conn, "select count(*) from pg_proc where proowner = 'usersync_engine'::regrole") > 20
+
+
+def test_code_that_runs_as_its_caller_is_not_owned_by_the_engine(conn):
+    # Event-trigger functions run for whoever issues DDL (a superuser, say); resync_all and the
+    # generator's helpers run as their caller: the engine must not be able to replace them.
+    rows = conn.execute("""
+        select p.oid::regprocedure, pg_get_userbyid(p.proowner) from pg_proc p
+         where p.pronamespace = 'usersync'::regnamespace and p.proowner = 'usersync_engine'::regrole
+           and (p.prorettype = 'event_trigger'::regtype or not p.prosecdef)
+        union all
+        select e.evtfoid::regprocedure, pg_get_userbyid(p.proowner) from pg_event_trigger e
+          join pg_proc p on p.oid = e.evtfoid
+         where e.evtname like 'usersync%%' and p.proowner = 'usersync_engine'::regrole""").fetchall()
+    assert rows == []
+    assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 3
+
+
+@pytest.mark.parametrize("statement", [
+    "alter function usersync._generate() security invoker",
+    "alter function usersync.sync_users(bigint[]) reset search_path",
+    "create function usersync.sync_users(integer[]) returns bigint language sql as 'select 0::bigint'",
+    "create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)"
+    " returns void"
+    " language plpgsql security definer as $$ begin end $$",
+    "create aggregate usersync.agg(bigint) (sfunc = pg_catalog.int8pl, stype = bigint)",
+])
+def test_the_engine_cannot_make_its_code_run_as_its_caller(conn, statement):
+    # As if an attacker had become usersync_engine: nothing it owns may run with another role's
+    # privileges, so every way to own invoker code is refused (by a guard the engine does not own).
+    conn.execute("begin")
+    conn.execute("set local role usersync_engine")
+    with raises_sqlstate("US005"):
+        conn.execute(statement)
+    conn.execute("rollback")
+
+
+@pytest.mark.parametrize("function", ["usersync._on_ddl_end()", "usersync._on_sql_drop()",
+                                      "usersync._on_routine_change()", "usersync._check_dependencies(boolean)"])
+def test_the_engine_cannot_replace_what_runs_as_another_role(conn, function):
+    conn.execute("begin")
+    conn.execute("set local role usersync_engine")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(f"alter function {function} security invoker")
+    conn.execute("rollback")
 
 
 @pytest.mark.parametrize("statement", [
