@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -20,8 +23,16 @@ def data_dir(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(server.DATA_DIR_ENV, str(path))
     monkeypatch.delenv(config.ENV_VAR, raising=False)
     yield path
-    handle = server.start(path, keep=False)  # the same server; "delete" mode removes it on stop
-    handle.stop()
+    # config.resolve() started it to outlive this process (as the CLI does): stop it here with a
+    # fast shutdown signal to the postmaster (pg_ctl refuses to run as root), then remove it.
+    pid_file = path / "postmaster.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while server.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def test_without_database_url_the_embedded_server_is_started_and_reused(data_dir: Path):
