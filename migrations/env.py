@@ -7,7 +7,7 @@ DATABASE_URL, else the embedded local server: the same rules as the CLI.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool, text
 
 from pyapp import config as usersync_config
 from pyapp.migrate import VERSION_TABLE
@@ -36,9 +36,22 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _forget_a_dropped_install(connection: Connection) -> None:
+    """After DROP SCHEMA usersync CASCADE the version table still names a revision, and an upgrade
+    would install nothing: start from base again (the application's tables are kept by every
+    revision, so reapplying them is safe)."""
+    dropped = connection.execute(text(
+        f"select to_regclass('public.{VERSION_TABLE}') is not null and to_regnamespace('usersync') is null"
+    )).scalar()
+    if dropped:
+        connection.execute(text(f"delete from public.{VERSION_TABLE}"))
+    connection.commit()  # end this transaction: Alembic must begin its own, per migration
+
+
 def run_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        _forget_a_dropped_install(connection)
         context.configure(
             connection=connection,
             version_table=VERSION_TABLE,

@@ -41,6 +41,7 @@ DatabaseUrl = Annotated[
     typer.Option("--database-url", help="postgresql://… (default: $DATABASE_URL, else the embedded local server)"),
 ]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+Yes = Annotated[bool, typer.Option("--yes", help="do not ask for confirmation (for scripts)")]
 
 
 @contextmanager
@@ -80,6 +81,23 @@ def connection(database_url: str | None) -> Iterator[psycopg.Connection]:
             yield conn
 
 
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def confirm(action: str, loses: dict[str, int], yes: bool) -> None:
+    """A destructive action asks on a terminal; without one it needs --yes (exit 2)."""
+    if yes:
+        return
+    what = ", ".join(f"{n} {name}" for name, n in loses.items()) or "the engine"
+    if not interactive():
+        err.print(f"[red]refusing to {action} without --yes:[/red] it would remove {what}", highlight=False)
+        raise typer.Exit(2)
+    if not typer.confirm(f"{action} removes {what}. Continue?", default=False):
+        err.print("nothing changed")
+        raise typer.Exit(1)
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
 
@@ -113,14 +131,19 @@ def db_upgrade(
         err.print(f"upgraded {db.describe()} to {migrate.current(db)}")
 
 
-@db_app.command("downgrade")
+# ignore_unknown_options: a relative revision such as -1 is an argument, not an option.
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="target revision, e.g. -1 or base")],
     database_url: DatabaseUrl = None,
+    yes: Yes = False,
 ) -> None:
-    """Revert migrations down to REVISION."""
+    """Revert migrations down to REVISION. Application tables and rows are never removed; a
+    downgrade that removes usersync's configuration asks first."""
     with failures():
         db = config.resolve(database_url)
+        if migrate.downgrade_loses_configuration(db, revision):
+            confirm(f"downgrading to {revision}", migrate.configuration(db), yes)
         migrate.downgrade(db, revision)
         err.print(f"downgraded {db.describe()} to {migrate.current(db) or 'base'}")
 
@@ -130,6 +153,17 @@ def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the revision the database is at ('base' when none)."""
     with failures():
         out.print(migrate.current(config.resolve(database_url)) or "base")
+
+
+@app.command("uninstall")
+def uninstall(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
+    """Remove usersync from the database: its schema, triggers, policy, grants and version table.
+    Every application table, column and row stays."""
+    with failures():
+        db = config.resolve(database_url)
+        confirm("uninstalling usersync", migrate.configuration(db), yes)
+        migrate.uninstall(db)
+        err.print(f"usersync removed from {db.describe()}; reinstall with: usersync db upgrade")
 
 
 # --- read commands ------------------------------------------------------------------------------

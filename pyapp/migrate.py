@@ -46,6 +46,73 @@ def upgrade_sql(revision: str = "head", start: str | None = None) -> str:
     return out.getvalue()
 
 
+# What usersync leaves on the application's tables, removed before its schema goes: the policy and
+# the grants the install gave usersync_engine there. The tables, their columns and rows stay.
+# The roles are cluster-wide and may serve other databases: they stay too.
+UNINSTALL_SQL = """
+do $uninstall$
+declare
+    t record;
+    seq text;
+begin
+    if pg_catalog.to_regclass('usersync.modules') is null then
+        return;
+    end if;
+    for t in select m.relation, m.key_column from usersync.modules m loop
+        execute pg_catalog.format('drop policy if exists usersync_engine on %s', t.relation);
+        execute pg_catalog.format('revoke all on %s from usersync_engine', t.relation);
+        seq := pg_catalog.pg_get_serial_sequence(t.relation::text, t.key_column);
+        if seq is not null then
+            execute pg_catalog.format('revoke all on sequence %s from usersync_engine', seq);
+        end if;
+    end loop;
+end
+$uninstall$;
+drop schema if exists usersync cascade;
+"""
+
+# Downgrading below these revisions removes the mapping, the settings and the links.
+LOSES_CONFIGURATION = frozenset({"0002"})
+
+
+def uninstall(db: Database) -> None:
+    """Remove every object of usersync (schema, triggers, policy, grants, version table); keep
+    every application table, column and row."""
+    import psycopg
+
+    with psycopg.connect(db.conninfo) as conn:
+        conn.execute(UNINSTALL_SQL)
+        conn.execute(f"drop table if exists public.{VERSION_TABLE}")
+
+
+def configuration(db: Database) -> dict[str, int]:
+    """What an uninstall or a downgrade below 0002 would lose: links, mapping rows, settings."""
+    import psycopg
+
+    with psycopg.connect(db.conninfo) as conn:
+        if conn.execute("select to_regclass('usersync.links') is null").fetchone() == (True,):
+            return {}
+        row = conn.execute(
+            "select (select count(*) from usersync.links), (select count(*) from usersync.field_mapping),"
+            " (select count(*) from usersync.settings where delete_contact_with_user or delete_user_with_contact)"
+        ).fetchone()
+    assert row is not None
+    return {name: n for name, n in zip(("links", "mapping rows", "changed settings"), row, strict=True) if n}
+
+
+def downgrade_loses_configuration(db: Database, revision: str) -> bool:
+    """Would downgrading from the current revision to ``revision`` pass below a revision in
+    LOSES_CONFIGURATION?"""
+    from alembic.script import ScriptDirectory
+
+    start = current(db)
+    if start is None:
+        return False
+    script = ScriptDirectory.from_config(alembic_config(db))
+    passed = [r.revision for r in script.iterate_revisions(start, revision)]  # relative "-1" works too
+    return bool(LOSES_CONFIGURATION.intersection(passed))
+
+
 def current(db: Database) -> str | None:
     import psycopg
 

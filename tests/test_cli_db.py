@@ -29,7 +29,7 @@ def test_db_upgrade_current_downgrade_through_the_cli(pg_server: harness.Server)
         assert result.exit_code == 0, result.output
         result = runner.invoke(cli.app, ["db", "current"], env={"DATABASE_URL": db.conninfo})
         assert result.stdout.strip() == migrate.current(db) != "base"
-        result = runner.invoke(cli.app, ["db", "downgrade", "base", "--database-url", url])
+        result = runner.invoke(cli.app, ["db", "downgrade", "base", "--yes", "--database-url", url])
         assert result.exit_code == 0, result.output
         assert migrate.current(db) is None
     finally:

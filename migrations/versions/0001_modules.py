@@ -19,5 +19,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The roles are cluster-wide and may serve other databases: they stay.
-    run_sql("drop schema if exists usersync cascade; drop table if exists public.contacts, public.users;")
+    # usersync owns only its schema: users and contacts, once created, hold the application's rows
+    # and stay (usersync 0.1 dropped them here). The roles are cluster-wide and stay too.
+    run_sql("drop schema if exists usersync cascade;")
