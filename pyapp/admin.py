@@ -46,7 +46,7 @@ def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = No
 # --- the metadata catalog and the mapping ------------------------------------------------------
 
 def fields(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    return _rows(conn, "select module, field, data_type, label from usersync.metadata_fields"
+    return _rows(conn, "select module, field, data_type, label, not_null, has_default from usersync.metadata_fields"
                        " order by module desc, position")
 
 
@@ -59,16 +59,20 @@ def mapping(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def mapping_screen(conn: psycopg.Connection) -> dict[str, list[dict[str, Any]]]:
-    """The admin screen: mapped pairs, user fields left out, contact fields that stay empty."""
+    """The admin screen: mapped pairs, user fields left out, contact fields that stay empty, and
+    (among those) the ones that cannot: NOT NULL with a default (they get it) or without one
+    (every sync that creates a contact fails until the field is mapped or given a default)."""
     pairs = mapping(conn)
     mapped_users = {p["user_field"] for p in pairs}
     mapped_contacts = {p["contact_field"] for p in pairs}
     all_fields = fields(conn)
+    unmapped_contacts = [f for f in all_fields if f["module"] == "contacts" and f["field"] not in mapped_contacts]
     return {
         "mapped": pairs,
         "unmapped_user_fields": [f for f in all_fields if f["module"] == "users" and f["field"] not in mapped_users],
-        "empty_contact_fields": [f for f in all_fields
-                                 if f["module"] == "contacts" and f["field"] not in mapped_contacts],
+        "empty_contact_fields": [f for f in unmapped_contacts if not f["not_null"]],
+        "default_contact_fields": [f for f in unmapped_contacts if f["not_null"] and f["has_default"]],
+        "unfillable_contact_fields": [f for f in unmapped_contacts if f["not_null"] and not f["has_default"]],
     }
 
 

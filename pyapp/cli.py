@@ -214,8 +214,17 @@ def mapping_show(database_url: DatabaseUrl = None, as_json: Json = False) -> Non
     for p in screen["mapped"]:
         t.add_row(f"{p['user_label']} ({p['user_field']})", "→", f"{p['contact_label']} ({p['contact_field']})")
     for f in screen["empty_contact_fields"]:
-        t.add_row("", "", f"[dim]{f['label']} ({f['field']}): stays empty[/dim]")
+        t.add_row("", "", Text(f"{f['label']} ({f['field']}): stays empty", style="dim"))
+    for f in screen["default_contact_fields"]:
+        t.add_row("", "", Text(f"{f['label']} ({f['field']}): gets its default (NOT NULL)", style="dim"))
+    for f in screen["unfillable_contact_fields"]:
+        t.add_row("", "", Text(f"{f['label']} ({f['field']}): NOT NULL, no default: map a field to it",
+                               style="red"))
     out.print(t)
+    for f in screen["unfillable_contact_fields"]:
+        err.print(f"[red]warning:[/red] contact field {f['field']} cannot be NULL and has no default: creating a "
+                  f"contact fails until a user field is mapped to it (usersync mapping set USER_FIELD {f['field']})",
+                  highlight=False)
     if screen["unmapped_user_fields"]:
         names = ", ".join(f["field"] for f in screen["unmapped_user_fields"])
         out.print(f"[dim]User fields not transferred: {names}[/dim]")

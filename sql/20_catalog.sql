@@ -128,7 +128,9 @@ select m.module,
        a.attname::text as field,
        pg_catalog.format_type(a.atttypid, a.atttypmod) as data_type,
        coalesce(pg_catalog.col_description(a.attrelid, a.attnum), a.attname::text) as label,
-       a.attnum as position
+       a.attnum as position,
+       a.attnotnull as not_null,
+       a.atthasdef or a.attidentity <> '' as has_default
   from usersync.modules m
   join pg_catalog.pg_attribute a on a.attrelid = m.relation
  where a.attnum > 0
@@ -137,3 +139,4 @@ select m.module,
    and a.attname <> m.key_column
    and a.attname is distinct from m.switch_column;
 comment on view usersync.metadata_fields is 'The live catalog of both modules'' metadata fields';
+comment on column usersync.metadata_fields.not_null is 'NOT NULL: unmapped, the field gets its default (or, without one, a sync fails)';

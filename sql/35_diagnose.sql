@@ -116,6 +116,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     m record;
+    col text;
     ids bigint[];
     half bigint[];
     n integer;
@@ -153,6 +154,21 @@ begin
             detail = d.message,
             hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
     end loop;
+    -- Not a value's fault: a contact field that cannot be NULL, has no default and is not mapped
+    -- (usersync._gen_contact_fields writes it NULL). Named with the class of the error it causes.
+    select f.field into col
+      from usersync.metadata_fields f
+      left join usersync.field_mapping fm on fm.contact_field = f.field
+     where f.module = 'contacts' and f.not_null and not f.has_default and fm.user_field is null
+     order by f.position limit 1;
+    if found then
+        raise exception using errcode = 'not_null_violation',
+            message = pg_catalog.format('cannot synchronize user %s to a contact: contact field "%s" is NOT NULL, '
+                                        'has no default and no user field is mapped to it', p_user_ids[1], col),
+            detail = 'An unmapped contact field stays empty; this one cannot be empty.',
+            hint = pg_catalog.format('Map a user field to it (usersync mapping set USER_FIELD %s), or give the column '
+                                     'a default, or allow NULL in it.', col);
+    end if;
 end
 $$;
 

@@ -13,22 +13,36 @@
 --   _g_on_users_insert/update/delete/truncate, _g_on_contact_update/delete_before/delete_after,
 --   _g_on_contacts_truncate     the trigger functions attached by usersync._attach()
 
+-- The contact fields a sync writes, with the user field that fills each (NULL: unmapped, so it
+-- stays empty). An unmapped field that cannot be NULL but has a default is not written at all:
+-- it gets its default when the contact is created and keeps its value afterwards (an application's
+-- "status not null default 'manual'"). One that has no default is written NULL and fails, named
+-- by usersync._explain_failure (the mapping screen warns about it).
+create or replace function usersync._gen_contact_fields()
+returns table (field text, "position" smallint, user_field text, data_type text, user_data_type text)
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select f.field, f.position, m.user_field, f.data_type, uf.data_type
+      from usersync.metadata_fields f
+      left join usersync.field_mapping m on m.contact_field = f.field
+      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
+     where f.module = 'contacts'
+       and not (m.user_field is null and f.not_null and f.has_default)
+$$;
+
 -- Column lists and expressions for the current mapping and catalog.
 create or replace function usersync._gen_contact_cols()
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(f.field), ', ' order by f.position)
-      from usersync.metadata_fields f where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 -- The contact as the image of a user row named p_alias: mapped fields copied, the rest NULL.
 create or replace function usersync._gen_contact_image(p_alias text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select string_agg(case when m.user_field is null then 'null'
-                           else p_alias || '.' || pg_catalog.quote_ident(m.user_field) end,
+    select string_agg(case when f.user_field is null then 'null'
+                           else p_alias || '.' || pg_catalog.quote_ident(f.user_field) end,
                       ', ' order by f.position)
-      from usersync.metadata_fields f
-      left join usersync.field_mapping m on m.contact_field = f.field
-     where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 create or replace function usersync._gen_mapped_user_cols()
@@ -86,16 +100,13 @@ $$;
 -- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
 create or replace function usersync._gen_contact_same(p_contact text, p_user text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(m.user_field is not null and uf.data_type <> f.data_type) then 'false'
-                else string_agg(case when m.user_field is null
+    select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
+                else string_agg(case when f.user_field is null
                                      then pg_catalog.format('%s.%I is null', p_contact, f.field)
                                      else pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                            p_contact, f.field, p_user, m.user_field) end,
+                                                            p_contact, f.field, p_user, f.user_field) end,
                                 ' and ' order by f.position) end
-      from usersync.metadata_fields f
-      left join usersync.field_mapping m on m.contact_field = f.field
-      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-     where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 create or replace function usersync._gen_user_same(p_user text, p_contact text)

@@ -136,11 +136,8 @@ begin
     select * into mu from usersync.modules where module = 'users';
     select * into mc from usersync.modules where module = 'contacts';
 
-    for f in select cf.field as contact_field, cf.data_type <> uf.data_type as retyped, m.user_field
-               from usersync.metadata_fields cf
-               left join usersync.field_mapping m on m.contact_field = cf.field
-               left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-              where cf.module = 'contacts'
+    for f in select cf.field as contact_field, cf.data_type <> cf.user_data_type as retyped, cf.user_field
+               from usersync._gen_contact_fields() cf
               order by cf.position loop
         img := case when f.user_field is null then 'null'
                     when not f.retyped then pg_catalog.format('u.%I', f.user_field)

@@ -52,12 +52,15 @@ def contact(conn: psycopg.Connection, cid: int) -> dict[str, Any]:
 def mismatches(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
     """Pairs that break the invariant: every linked contact equals its source through the mapping.
 
-    User-sourced: each contact field is the mapped user field (cast to the contact's type) or NULL.
+    User-sourced: each contact field is the mapped user field (cast to the contact's type) or NULL
+    (an unmapped NOT NULL field with a default keeps whatever it holds).
     Contact-sourced: each mapped user field equals the contact field.
     """
     mapping = dict(conn.execute("select contact_field, user_field from usersync.field_mapping").fetchall())
     cfields = conn.execute(
-        "select field, data_type from usersync.metadata_fields where module = 'contacts' order by position").fetchall()
+        "select field, data_type from usersync.metadata_fields where module = 'contacts'"
+        " and not (not_null and has_default and field not in (select contact_field from usersync.field_mapping))"
+        " order by position").fetchall()
     ufields = dict(conn.execute(
         "select field, data_type from usersync.metadata_fields where module = 'users'").fetchall())
     checks = []

@@ -42,7 +42,8 @@ def test_status_reports_pairs_stale_failed_reversed_toggles_and_server(run, conn
 
 def test_fields_lists_both_modules_with_labels(run):
     rows = as_json(run("fields", "--json"))
-    assert {"module": "users", "field": "academic_title", "data_type": "text", "label": "Academic title"} in rows
+    assert {"module": "users", "field": "academic_title", "data_type": "text", "label": "Academic title",
+            "not_null": False, "has_default": False} in rows
     assert "Academic title" in run("fields").stdout
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from helpers import add_user, contact, contact_id, one, raises_sqlstate
+from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
+from typer.testing import CliRunner
+
+from pyapp import cli
 
 DEFAULT = {("first_name", "first_name"), ("last_name", "last_name"), ("email", "email"), ("phone", "phone"),
            ("mobile", "mobile"), ("department", "department"), ("job_title", "job_title")}
@@ -88,3 +91,26 @@ def test_custom_fields_added_by_a_dba_can_be_mapped(conn, admin_conn):
     admin_conn.execute("insert into usersync.field_mapping values ('linkedin_url', 'linkedin')")
     uid = add_user(conn, "f", linkedin_url="https://example.org/f")
     assert contact(conn, contact_id(conn, uid))["linkedin"] == "https://example.org/f"
+
+
+def test_an_unmapped_not_null_contact_field_gets_its_default_and_keeps_its_value(conn, app_conn):
+    conn.execute("alter table contacts add column origin text not null default 'manual'")
+    uid = add_user(app_conn, "a", first_name="A")
+    cid = contact_id(conn, uid)
+    assert contact(conn, cid)["origin"] == "manual"
+    conn.execute("alter table contacts alter column origin set default 'changed'")
+    app_conn.execute("update users set first_name = 'B' where id = %s", [uid])
+    assert (contact(conn, cid)["first_name"], contact(conn, cid)["origin"]) == ("B", "manual")
+    assert mismatches(conn) == []
+
+
+def test_an_unmapped_not_null_contact_field_without_default_fails_with_a_named_error(conn, app_conn, admin_url):
+    conn.execute("alter table contacts add column region text not null default 'x'")
+    conn.execute("alter table contacts alter column region drop default")
+    with raises_sqlstate("23502") as info:
+        add_user(app_conn, "a")
+    assert 'contact field "region" is NOT NULL' in info.value.diag.message_primary
+    assert "usersync mapping set USER_FIELD region" in info.value.diag.message_hint
+    assert "insert into public.contacts" not in (info.value.diag.context or "")  # no page of generated SQL
+    result = CliRunner().invoke(cli.app, ["mapping", "show", "--database-url", admin_url])
+    assert "region" in result.stdout and "no default" in result.stderr

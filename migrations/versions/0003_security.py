@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "625db144231b42d8f3f5e1f016260e5418a6243d17d742cd56e960427d99ddb4"
+SHA256 = "6114a60067d9a2a76994c8af086666e2fd9927c1d166c651d12914fd9d7b8818"
 
 
 def upgrade() -> None:
@@ -36,6 +36,7 @@ def downgrade() -> None:
             " drop table if exists usersync.config_lock;"
             " drop policy if exists usersync_engine on public.users;"
             " drop policy if exists usersync_engine on public.contacts;"
-            " drop function if exists usersync.preview_resync(integer);")
+            " drop function if exists usersync.preview_resync(integer), usersync._gen_contact_fields();"
+            " drop view if exists usersync.metadata_fields;")  # 0002's has fewer columns
     run_sql(frozen_sql(__file__, "0002_engine.sql",
                        sha256="57106cabb26d0fcaf60afde5b4cc6f78aa82e61e6d91a75295642513e83f76c4"))

@@ -224,7 +224,9 @@ select m.module,
        a.attname::text as field,
        pg_catalog.format_type(a.atttypid, a.atttypmod) as data_type,
        coalesce(pg_catalog.col_description(a.attrelid, a.attnum), a.attname::text) as label,
-       a.attnum as position
+       a.attnum as position,
+       a.attnotnull as not_null,
+       a.atthasdef or a.attidentity <> '' as has_default
   from usersync.modules m
   join pg_catalog.pg_attribute a on a.attrelid = m.relation
  where a.attnum > 0
@@ -233,6 +235,7 @@ select m.module,
    and a.attname <> m.key_column
    and a.attname is distinct from m.switch_column;
 comment on view usersync.metadata_fields is 'The live catalog of both modules'' metadata fields';
+comment on column usersync.metadata_fields.not_null is 'NOT NULL: unmapped, the field gets its default (or, without one, a sync fails)';
 -- 30_mapping.sql: validating the field mapping, the default mapping, and what a change sets off.
 --
 -- Admins edit usersync.field_mapping with plain INSERT/UPDATE/DELETE. Every row is checked
@@ -533,6 +536,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     m record;
+    col text;
     ids bigint[];
     half bigint[];
     n integer;
@@ -570,6 +574,21 @@ begin
             detail = d.message,
             hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
     end loop;
+    -- Not a value's fault: a contact field that cannot be NULL, has no default and is not mapped
+    -- (usersync._gen_contact_fields writes it NULL). Named with the class of the error it causes.
+    select f.field into col
+      from usersync.metadata_fields f
+      left join usersync.field_mapping fm on fm.contact_field = f.field
+     where f.module = 'contacts' and f.not_null and not f.has_default and fm.user_field is null
+     order by f.position limit 1;
+    if found then
+        raise exception using errcode = 'not_null_violation',
+            message = pg_catalog.format('cannot synchronize user %s to a contact: contact field "%s" is NOT NULL, '
+                                        'has no default and no user field is mapped to it', p_user_ids[1], col),
+            detail = 'An unmapped contact field stays empty; this one cannot be empty.',
+            hint = pg_catalog.format('Map a user field to it (usersync mapping set USER_FIELD %s), or give the column '
+                                     'a default, or allow NULL in it.', col);
+    end if;
 end
 $$;
 
@@ -608,22 +627,36 @@ $$;
 --   _g_on_users_insert/update/delete/truncate, _g_on_contact_update/delete_before/delete_after,
 --   _g_on_contacts_truncate     the trigger functions attached by usersync._attach()
 
+-- The contact fields a sync writes, with the user field that fills each (NULL: unmapped, so it
+-- stays empty). An unmapped field that cannot be NULL but has a default is not written at all:
+-- it gets its default when the contact is created and keeps its value afterwards (an application's
+-- "status not null default 'manual'"). One that has no default is written NULL and fails, named
+-- by usersync._explain_failure (the mapping screen warns about it).
+create or replace function usersync._gen_contact_fields()
+returns table (field text, "position" smallint, user_field text, data_type text, user_data_type text)
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select f.field, f.position, m.user_field, f.data_type, uf.data_type
+      from usersync.metadata_fields f
+      left join usersync.field_mapping m on m.contact_field = f.field
+      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
+     where f.module = 'contacts'
+       and not (m.user_field is null and f.not_null and f.has_default)
+$$;
+
 -- Column lists and expressions for the current mapping and catalog.
 create or replace function usersync._gen_contact_cols()
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(f.field), ', ' order by f.position)
-      from usersync.metadata_fields f where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 -- The contact as the image of a user row named p_alias: mapped fields copied, the rest NULL.
 create or replace function usersync._gen_contact_image(p_alias text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select string_agg(case when m.user_field is null then 'null'
-                           else p_alias || '.' || pg_catalog.quote_ident(m.user_field) end,
+    select string_agg(case when f.user_field is null then 'null'
+                           else p_alias || '.' || pg_catalog.quote_ident(f.user_field) end,
                       ', ' order by f.position)
-      from usersync.metadata_fields f
-      left join usersync.field_mapping m on m.contact_field = f.field
-     where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 create or replace function usersync._gen_mapped_user_cols()
@@ -681,16 +714,13 @@ $$;
 -- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
 create or replace function usersync._gen_contact_same(p_contact text, p_user text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(m.user_field is not null and uf.data_type <> f.data_type) then 'false'
-                else string_agg(case when m.user_field is null
+    select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
+                else string_agg(case when f.user_field is null
                                      then pg_catalog.format('%s.%I is null', p_contact, f.field)
                                      else pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                            p_contact, f.field, p_user, m.user_field) end,
+                                                            p_contact, f.field, p_user, f.user_field) end,
                                 ' and ' order by f.position) end
-      from usersync.metadata_fields f
-      left join usersync.field_mapping m on m.contact_field = f.field
-      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-     where f.module = 'contacts'
+      from usersync._gen_contact_fields() f
 $$;
 
 create or replace function usersync._gen_user_same(p_user text, p_contact text)
@@ -1888,11 +1918,8 @@ begin
     select * into mu from usersync.modules where module = 'users';
     select * into mc from usersync.modules where module = 'contacts';
 
-    for f in select cf.field as contact_field, cf.data_type <> uf.data_type as retyped, m.user_field
-               from usersync.metadata_fields cf
-               left join usersync.field_mapping m on m.contact_field = cf.field
-               left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-              where cf.module = 'contacts'
+    for f in select cf.field as contact_field, cf.data_type <> cf.user_data_type as retyped, cf.user_field
+               from usersync._gen_contact_fields() cf
               order by cf.position loop
         img := case when f.user_field is null then 'null'
                     when not f.retyped then pg_catalog.format('u.%I', f.user_field)
