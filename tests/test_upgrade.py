@@ -1,0 +1,75 @@
+"""Upgrading a database of the released 0.1 (revision 0002) that holds data keeps all of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from helpers import contact, mismatches, one, raises_sqlstate
+
+import harness
+from pyapp import migrate
+from pyapp.config import Database
+
+STATE = """
+    select (select json_agg(m order by m.user_field) from usersync.field_mapping m),
+           (select row_to_json(s) from usersync.settings s),
+           (select json_agg(json_build_array(l.user_id, l.contact_id, l.source, l.active, l.mapping_version)
+                            order by l.user_id) from usersync.links l),
+           (select version from usersync.mapping_state),
+           (select json_agg(json_build_array(u.id, u.first_name, u.sync_to_contact) order by u.id) from users u),
+           (select json_agg(json_build_array(c.id, c.first_name, c.title) order by c.id) from contacts c)"""
+
+
+@pytest.fixture
+def released(pg_server: harness.Server) -> Iterator[Database]:
+    name = pg_server.next_dbname("t")
+    janitor = pg_server.janitor(name)
+    janitor.init()
+    db = Database(pg_server.conninfo(name), "upgrade test")
+    migrate.upgrade(db, "0002")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
+                     " select 'u' || g, 'U' || g, 'Dr', g <> 5 from generate_series(1, 6) g")
+        conn.execute("update usersync.settings set delete_contact_with_user = true, delete_user_with_contact = true")
+        conn.execute("select usersync.set_sync_source(2, 'contact')")                # a reversed pair
+        conn.execute("update users set sync_to_contact = false where id = 3")      # a remembered contact
+        conn.execute("insert into contacts (first_name) values ('plain')")          # an ordinary contact
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
+        conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
+    yield db
+    janitor.drop()
+
+
+def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behaviour(released: Database):
+    with psycopg.connect(released.conninfo) as conn:
+        before = conn.execute(STATE).fetchone()
+        stale_before = conn.execute("select user_id, up_to_date from usersync.synchronized_contacts"
+                                    " order by user_id").fetchall()
+    migrate.upgrade(released)
+    assert migrate.current(released) == "0003"
+    with psycopg.connect(released.conninfo, autocommit=True) as conn:
+        assert conn.execute(STATE).fetchone() == before
+        assert conn.execute("select user_id, up_to_date from usersync.synchronized_contacts"
+                            " order by user_id").fetchall() == stale_before
+        # Behaviour, unchanged: reads-only contacts, reversed pairs, the toggles, resync.
+        cid1 = one(conn, "select contact_id from usersync.links where user_id = 1")
+        with raises_sqlstate("US001"):
+            conn.execute("update contacts set first_name = 'x' where id = %s", [cid1])
+        with raises_sqlstate("US002"):
+            conn.execute("update users set first_name = 'x' where id = 2")
+        cid2 = one(conn, "select contact_id from usersync.links where user_id = 2")
+        conn.execute("update contacts set first_name = 'from contact' where id = %s", [cid2])
+        assert one(conn, "select first_name from users where id = 2") == "from contact"
+        conn.execute("update users set sync_to_contact = true where id = 3")  # re-links, no duplicate
+        assert one(conn, "select count(*) from contacts") == 6
+        conn.execute("call usersync.resync_all()")
+        assert contact(conn, cid1)["title"] == "Dr"
+        assert mismatches(conn) == []
+        conn.execute("delete from users where id = 4")  # delete_contact_with_user
+        assert one(conn, "select count(*) from contacts") == 5
+        conn.execute("delete from contacts where id = %s", [cid2])  # delete_user_with_contact
+        assert one(conn, "select count(*) from users where id = 2") == 0
+        conn.execute("insert into users (login, sync_to_contact) values ('new', true)")
+        assert mismatches(conn) == []
