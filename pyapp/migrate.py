@@ -56,9 +56,14 @@ declare
     seq text;
 begin
     if pg_catalog.to_regclass('usersync.modules') is null then
+        drop schema if exists usersync cascade;
         return;
     end if;
-    for t in select m.relation, m.key_column from usersync.modules m loop
+    create temporary table usersync_uninstalled on commit drop as
+    select m.relation::pg_catalog.oid as relation, m.key_column from usersync.modules m;
+    -- The schema first: its event triggers (which guard the policy) go with it.
+    drop schema usersync cascade;
+    for t in select u.relation::pg_catalog.regclass as relation, u.key_column from usersync_uninstalled u loop
         execute pg_catalog.format('drop policy if exists usersync_engine on %s', t.relation);
         execute pg_catalog.format('revoke all on %s from usersync_engine', t.relation);
         seq := pg_catalog.pg_get_serial_sequence(t.relation::text, t.key_column);
@@ -68,7 +73,6 @@ begin
     end loop;
 end
 $uninstall$;
-drop schema if exists usersync cascade;
 """
 
 # Downgrading below these revisions removes the mapping, the settings and the links.

@@ -97,6 +97,38 @@ comment on table usersync.resync_state is 'Progress of the current (finished_at 
 create table if not exists usersync.config_lock ();
 comment on table usersync.config_lock is 'Empty; its table lock serializes configuration changes (only the engine may take it)';
 
+-- The EXCLUSIVE lock is taken without joining the lock queue: a configuration change that waited
+-- in the queue behind a sync action (itself waiting for a row an application holds) would make
+-- every later sync action queue behind it. Polling with NOWAIT keeps the queue free for them;
+-- lock_timeout and statement_timeout still bound the wait.
+create or replace function usersync._lock_config_exclusive()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    pause pg_catalog.float8 := 0.005;
+    timeout pg_catalog.interval :=
+        nullif(pg_catalog.current_setting('lock_timeout'), '0')::pg_catalog.interval;
+begin
+    loop
+        begin
+            lock table usersync.config_lock in exclusive mode nowait;
+            return;
+        exception when lock_not_available then
+            if timeout is not null and pg_catalog.clock_timestamp() - started > timeout then
+                raise exception using errcode = 'lock_not_available',
+                    message = 'usersync: a synchronization is running; the configuration change waited too long',
+                    hint = 'Retry when the running sync_users, resync batch or set_sync_source has finished.';
+            end if;
+            perform pg_catalog.pg_sleep(pause);
+            pause := least(pause * 2, 0.2);
+        end;
+    end loop;
+end
+$$;
+
 -- The engine's triggers, recognised by the function they call (a trigger keeps its function when
 -- renamed), with the name and definition usersync._attach() gives them
 -- (the DDL guard and the generator use this list too).

@@ -72,7 +72,7 @@ declare
     contacts_rel regclass := (select relation from usersync.modules where module = 'contacts');
     other text;
 begin
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
     if new.user_field is null or new.contact_field is null then
         raise exception using errcode = 'US003', message = 'a mapping needs both a user field and a contact field',
             hint = 'To remove a mapping, DELETE its row instead.';
@@ -125,7 +125,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
     update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
     -- With no pair at all, nothing can be stale.
     if not exists (select from usersync.links l where l.active) then

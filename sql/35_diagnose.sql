@@ -14,7 +14,7 @@ set search_path = pg_catalog, pg_temp
 -- fails exactly where they do
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;
@@ -69,7 +69,7 @@ set search_path = pg_catalog, pg_temp
 -- fails exactly where they do
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;

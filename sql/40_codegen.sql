@@ -176,6 +176,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                      ' set extra_float_digits = 1 set bytea_output = ''hex'' set lc_monetary = ''C'''
                      ' set xmloption = ''content'' set xmlbinary = ''base64'''
                      ' set default_text_search_config = ''pg_catalog.simple'''
+                     ' set timezone_abbreviations = ''Default'' set array_nulls = on'
                 else '' end
 $$;
 
@@ -328,6 +329,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off  -- the generated text and the SET clauses it records stay canonical
 as $gen$
 declare
     mu usersync.modules;

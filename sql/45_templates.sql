@@ -105,10 +105,12 @@ begin
     -- all of contacts for every batch)
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
      where l.user_id = any(p_user_ids) and l.active
-       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0);
+       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0)
+       and (not @GUARDED_U@ or exists (select from @U@ u where u.@UK@ = l.user_id offset 0));
     get diagnostics synced = row_count;
-    -- A pair whose contact the engine cannot see (deleted behind the triggers' back, or hidden by
-    -- a row-level security policy) is not synced, and says so rather than stay silently stale.
+    -- A pair whose contact (or, with row-level security on users, user) the engine cannot see
+    -- (deleted behind the triggers' back, or hidden by a policy) is not synced, and says so
+    -- rather than stay silently stale.
     select count(*) into expected from usersync.links l where l.user_id = any(p_user_ids) and l.active;
     if synced <> expected then
         perform usersync._lost_write(@C_REL@, 'read', expected, synced);
@@ -127,6 +129,14 @@ declare
 begin
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
+    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate.
+    if @GUARDED_C@ then
+        select count(*) into expected from usersync.links l
+         where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
+        if expected > 0 then
+            perform usersync._lost_write(@C_REL@, 'read', expected, 0);
+        end if;
+    end if;
     delete from usersync.links l
      where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
     -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
@@ -184,6 +194,15 @@ begin
     update usersync.links l set active = false
       from @U@ u
      where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids));
+    -- (Not while row-level security may only be hiding the user: that pair would be lost.)
+    if @GUARDED_U@ then
+        select array_agg(l.user_id) into unknown from usersync.links l
+         where (p_user_ids is null or l.user_id = any(p_user_ids))
+           and not exists (select from @U@ u where u.@UK@ = l.user_id);
+        if unknown is not null then
+            perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
+        end if;
+    end if;
     delete from usersync.links l
      where (p_user_ids is null or l.user_id = any(p_user_ids))
        and not exists (select from @U@ u where u.@UK@ = l.user_id);

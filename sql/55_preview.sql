@@ -24,7 +24,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
     select case
              when lc.fn is null then
@@ -63,7 +63,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     rev text;
@@ -94,7 +94,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     st text;
@@ -119,7 +119,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;
@@ -239,7 +239,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     q text;

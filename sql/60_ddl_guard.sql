@@ -26,6 +26,7 @@ create or replace function usersync._check_dependencies(p_missing_triggers_allow
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off  -- format_type() is compared with what the generator recorded
 as $$
 declare
     m record;
@@ -41,6 +42,36 @@ begin
                 message = pg_catalog.format('column %I of %s is used by usersync and cannot be dropped or renamed',
                                             t.col, m.relation),
                 hint = 'It is the module''s key or synchronization switch.';
+        end loop;
+        -- A pair is its keys: a key that is not unique lets another row take a pair over.
+        if not exists (select from pg_catalog.pg_index i
+                         join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+                        where i.indrelid = m.relation and i.indisunique and i.indimmediate and i.indnkeyatts = 1
+                          and i.indpred is null and i.indexprs is null and a.attname = m.key_column) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('the key %I of %s must stay unique: it identifies the pairs of usersync',
+                                            m.key_column, m.relation),
+                hint = 'Keep the primary key or a unique index on the key column.';
+        end if;
+        if m.switch_column is not null
+           and not exists (select from pg_catalog.pg_attribute a
+                            where a.attrelid = m.relation and a.attname = m.switch_column and a.attnotnull
+                              and a.atttypid = 'pg_catalog.bool'::pg_catalog.regtype) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('the switch %I of %s must stay boolean NOT NULL', m.switch_column, m.relation),
+                detail = 'A NULL switch is neither on nor off.',
+                hint = 'Keep the column boolean and NOT NULL (with a default such as false).';
+        end if;
+        -- Writes through an inheritance or partition parent fire the parent's statement triggers,
+        -- not the module's, and would bypass the engine.
+        for t in select i.inhparent::pg_catalog.regclass as parent, i.inhrelid::pg_catalog.regclass as child
+                   from pg_catalog.pg_inherits i
+                  where m.relation in (i.inhrelid, i.inhparent) loop
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('%s cannot be part of an inheritance or partition tree (%s is the parent of %s): '
+                                            'it is synchronized by usersync', m.relation, t.parent, t.child),
+                detail = 'Writes through the parent would not fire the engine''s triggers on the module table.',
+                hint = 'Keep the module table on its own.';
         end loop;
         -- Rules rewrite the engine's own writes (DO INSTEAD NOTHING would silently drop them).
         for t in select r.rulename from pg_catalog.pg_rewrite r
@@ -84,6 +115,23 @@ begin
 end
 $$;
 
+-- Who issued a DROP: recorded at ddl_command_start by a caller-rights function (current_user is
+-- then the role that issued it), and read at sql_drop by the guard, which runs as the installer.
+-- session_user would not do: a superuser's session can run a table owner's SECURITY DEFINER code.
+-- Nothing runs between the two events, so a value set beforehand by anyone is overwritten.
+-- (Session-level, not LOCAL: a SET LOCAL inside a function with SET clauses ends with the function.)
+create or replace function usersync._on_ddl_start()
+returns event_trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform pg_catalog.set_config('usersync.ddl_by_superuser',
+                                  (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user)::text,
+                                  false);
+end
+$$;
+
 create or replace function usersync._on_sql_drop()
 returns event_trigger
 language plpgsql
@@ -103,17 +151,72 @@ begin
             raise exception using errcode = 'US005',
                 message = pg_catalog.format('table %s is the %s module synchronized by usersync and cannot be dropped',
                                             o.object_identity, o.module),
-                hint = 'Uninstall usersync first: DROP SCHEMA usersync CASCADE.';
+                hint = 'Uninstall usersync first: usersync uninstall.';
         end if;
+    end loop;
+    -- The engine's policy on a module table: without it, row-level security would hide rows from it.
+    for o in select d.object_identity from pg_catalog.pg_event_trigger_dropped_objects() d
+              where d.object_type = 'policy' and d.address_names[3] = 'usersync_engine'
+                and exists (select from usersync.modules mo
+                             where mo.relation = pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) || '.'
+                                                                        || pg_catalog.quote_ident(d.address_names[2]))) loop
+        raise exception using errcode = 'US005',
+            message = pg_catalog.format('policy %s belongs to usersync and cannot be dropped', o.object_identity),
+            detail = 'With row-level security on, the engine would no longer see every row it synchronizes.',
+            hint = 'To uninstall usersync: usersync uninstall.';
     end loop;
     -- Columns: the mapping check at ddl_command_end names the mapping; nothing else to do here.
     -- Triggers are recognised by the function they call, whatever their name. A superuser may
-    -- drop one (session_user, not current_user, tells who asked; it changes only through SET
-    -- SESSION AUTHORIZATION, which only a superuser may run).
+    -- drop one (usersync._on_ddl_start recorded who issued the DROP).
     if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d where d.object_type = 'trigger') then
         perform usersync._check_dependencies(
-            p_missing_triggers_allowed => (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = session_user));
+            p_missing_triggers_allowed => coalesce(pg_catalog.current_setting('usersync.ddl_by_superuser', true), '')
+                                          = 'true');
     end if;
+end
+$$;
+
+-- A rewrite of a module table (ALTER COLUMN ... TYPE ... USING, even to the same type) changes
+-- stored values without firing a trigger. Recorded here, checked at ddl_command_end.
+create or replace function usersync._on_table_rewrite()
+returns event_trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if exists (select from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid()) then
+        perform pg_catalog.set_config('usersync.rewritten', 'true', false);  -- read and cleared at ddl_command_end
+    end if;
+end
+$$;
+
+-- After a module table was rewritten: its keys and switches must still match the links (else
+-- refused). Mapped values may have changed too: usersync._on_ddl_end then syncs every pair.
+create or replace function usersync._check_rewrite()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    broken boolean;
+begin
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+    execute pg_catalog.format(
+        'select exists (select from usersync.links l where not exists (select from %1$s u where u.%2$I = l.user_id))'
+        ' or exists (select from usersync.links l where not exists (select from %3$s c where c.%4$I = l.contact_id))'
+        ' or exists (select from usersync.links l join %1$s u on u.%2$I = l.user_id where l.active <> u.%5$I)',
+        mu.relation, mu.key_column, mc.relation, mc.key_column, mu.switch_column) into broken;
+    if broken then
+        raise exception using errcode = 'US005',
+            message = 'this ALTER TABLE rewrote keys or switches of synchronized rows',
+            detail = 'A rewrite changes stored values without firing triggers; the links would no longer match.',
+            hint = 'Change keys and switches with UPDATE (keys of linked rows cannot change), not with ALTER ... USING.';
+    end if;
+    perform pg_catalog.set_config('usersync.rewritten', '', false);
 end
 $$;
 
@@ -122,9 +225,15 @@ returns event_trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off
 as $$
 begin
-    -- A command on a module table, or on an index, trigger, rule or policy of one.
+    -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
+    -- INHERIT name the parent, which is not a module).
+    if exists (select from pg_catalog.pg_inherits i join usersync.modules mo on mo.relation in (i.inhrelid, i.inhparent)) then
+        perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+    end if;
+    -- A command on a module table, on an index, trigger, rule or policy of one, or on its schema.
     if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
                      join usersync.modules mo
                        on mo.relation = case c.classid
@@ -136,42 +245,68 @@ begin
                                 (select r.ev_class from pg_catalog.pg_rewrite r where r.oid = c.objid)
                             when 'pg_catalog.pg_policy'::pg_catalog.regclass then
                                 (select p.polrelid from pg_catalog.pg_policy p where p.oid = c.objid)
-                          end) then
+                          end
+                       or (c.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                           and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))) then
         return;
     end if;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
     -- triggers are being created, possibly one by one by usersync._attach().
     perform usersync._check_dependencies(p_missing_triggers_allowed => true);
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
+    if coalesce(pg_catalog.current_setting('usersync.rewritten', true), '') = 'true' then
+        perform usersync._check_rewrite();
+        perform usersync._generate();
+        perform usersync._g_sync_users(null);  -- the rewrite changed values behind the triggers
+        return;
+    end if;
     perform usersync._generate();
 end
 $$;
 
--- Every function usersync_engine owns runs as usersync_engine, whoever calls it: SECURITY DEFINER
--- with the pinned search_path. An invoker function (or an aggregate, whose support functions run
--- as the caller) owned by the engine would run the engine's code with its caller's privileges, a
--- superuser's among them.
-create or replace function usersync._on_routine_change()
+-- usersync_engine creates and alters its own functions, nothing else, and every function it
+-- owns runs as usersync_engine, whoever calls it: SECURITY DEFINER with the pinned search_path.
+-- An invoker function, an aggregate (whose support functions run as the caller) or a relation
+-- (a temporary view planted in a caller's pg_temp, say) owned by the engine would run code with
+-- its caller's privileges, a superuser's among them. Runs as the role that issued the DDL, so
+-- current_user tells whether the engine did; needs no privilege of its own.
+create or replace function usersync._on_engine_ddl()
 returns event_trigger
 language plpgsql
-security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    f record;
+    engine pg_catalog.oid := (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine');
+    c record;
 begin
-    for f in select p.oid::pg_catalog.regprocedure as fn
-               from pg_catalog.pg_event_trigger_ddl_commands() c
-               join pg_catalog.pg_proc p on p.oid = c.objid and c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-              where p.proowner = (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine')
-                and (not p.prosecdef or p.prokind not in ('f', 'p')
-                     or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false))
-              limit 1 loop
-        raise exception using errcode = 'US005',
-            message = pg_catalog.format('function %s is owned by usersync_engine and must be SECURITY DEFINER '
-                                        'with search_path = pg_catalog, pg_temp', f.fn),
-            detail = 'A function of the engine that ran as its caller would give the engine its caller''s privileges.',
-            hint = 'Functions owned by usersync_engine are written by usersync only; reinstall with usersync db upgrade.';
+    for c in select d.command_tag, d.object_identity, d.classid, d.objid, p.prosecdef, p.prokind, p.proconfig,
+                    coalesce(p.proowner, r.relowner, t.typowner, o.oprowner) as owner
+               from pg_catalog.pg_event_trigger_ddl_commands() d
+               left join pg_catalog.pg_proc p on d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and p.oid = d.objid
+               left join pg_catalog.pg_class r on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass and r.oid = d.objid
+               left join pg_catalog.pg_type t on d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass and t.oid = d.objid
+               left join pg_catalog.pg_operator o on d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                                  and o.oid = d.objid loop
+        if c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and c.owner = engine
+           and (not c.prosecdef or c.prokind not in ('f', 'p')
+                or not coalesce('search_path=pg_catalog, pg_temp' = any(c.proconfig), false)) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('function %s is owned by usersync_engine and must be SECURITY DEFINER '
+                                            'with search_path = pg_catalog, pg_temp', c.object_identity),
+                detail = 'A function of the engine that ran as its caller would give the engine its caller''s privileges.',
+                hint = 'Functions owned by usersync_engine are written by usersync only; reinstall with usersync db upgrade.';
+        end if;
+        if (current_user = 'usersync_engine' or c.owner = engine)
+           and c.classid is distinct from 'pg_catalog.pg_proc'::pg_catalog.regclass
+           and c.command_tag not in ('GRANT', 'REVOKE') then  -- the engine revokes PUBLIC from its functions
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('usersync_engine may own functions only, not %s (%s)', c.object_identity,
+                                            c.command_tag),
+                detail = 'An object of the engine in a caller''s session (a temporary view, say) would run code with '
+                         'the caller''s privileges.',
+                hint = 'Code that runs as usersync_engine (the tables'' own triggers, defaults or policies included) '
+                       'must not create objects.';
+        end if;
     end loop;
 end
 $$;
@@ -180,14 +315,20 @@ drop event trigger if exists usersync_guard_drop;
 create event trigger usersync_guard_drop on sql_drop
     execute function usersync._on_sql_drop();
 
+drop event trigger if exists usersync_guard_drop_start;
+create event trigger usersync_guard_drop_start on ddl_command_start
+    execute function usersync._on_ddl_start();
+
+drop event trigger if exists usersync_guard_rewrite;
+create event trigger usersync_guard_rewrite on table_rewrite
+    execute function usersync._on_table_rewrite();
+
 drop event trigger if exists usersync_guard_alter;
 create event trigger usersync_guard_alter on ddl_command_end
     when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'CREATE INDEX', 'ALTER INDEX',
-                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
+                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'ALTER SCHEMA')
     execute function usersync._on_ddl_end();
 
-drop event trigger if exists usersync_guard_routines;
-create event trigger usersync_guard_routines on ddl_command_end
-    when tag in ('CREATE FUNCTION', 'ALTER FUNCTION', 'CREATE PROCEDURE', 'ALTER PROCEDURE', 'ALTER ROUTINE',
-                 'CREATE AGGREGATE', 'ALTER AGGREGATE')
-    execute function usersync._on_routine_change();
+drop event trigger if exists usersync_guard_engine;
+create event trigger usersync_guard_engine on ddl_command_end
+    execute function usersync._on_engine_ddl();

@@ -72,6 +72,10 @@ alter function usersync.preview_resync(integer) owner to usersync_engine;
 alter function usersync._check_dependencies(boolean) owner to current_user;
 alter function usersync._on_sql_drop() owner to current_user;
 alter function usersync._on_ddl_end() owner to current_user;
+alter function usersync._on_ddl_start() owner to current_user;
+alter function usersync._on_table_rewrite() owner to current_user;
+alter function usersync._on_engine_ddl() owner to current_user;
+alter function usersync._check_rewrite() owner to current_user;
 
 grant select on usersync.modules, usersync.settings, usersync.field_mapping, usersync.mapping_state to usersync_engine;
 grant select, insert, update, delete on usersync.links, usersync.sync_errors, usersync.resync_state to usersync_engine;

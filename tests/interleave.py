@@ -42,8 +42,12 @@ class Interleaving:
 
     def _blocked(self, session: Session) -> bool:
         others = [s.pid for s in self.sessions if s is not session]
-        row = self.monitor.execute("select pg_isolation_test_session_is_blocked(%s, %s)",
-                                   [session.pid, others]).fetchone()
+        # A configuration change polls for its lock (usersync._lock_config_exclusive) instead of
+        # queueing: a session sleeping there waits as surely as one queued on a lock.
+        row = self.monitor.execute(
+            "select pg_isolation_test_session_is_blocked(%s, %s)"
+            " or exists (select from pg_stat_activity where pid = %s and wait_event = 'PgSleep')",
+            [session.pid, others, session.pid]).fetchone()
         return bool(row and row[0])
 
     def step(self, session: Session, query: str, params: Any = None, *, blocks: bool = False) -> Future:

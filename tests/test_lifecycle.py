@@ -100,5 +100,5 @@ def test_upgrade_after_drop_schema_cascade_installs_again(installed: Database):
         conn.execute("drop schema usersync cascade")
         conn.execute("insert into users (login, sync_to_contact) values ('during', true)")  # no trigger left
     migrate.upgrade(installed)
-    assert _usersync_objects(installed)[:3] == (1, 8, 3)
+    assert _usersync_objects(installed)[:3] == (1, 8, 5)
     assert _application_data(installed)[1] == data[1]

@@ -52,7 +52,7 @@ def test_code_that_runs_as_its_caller_is_not_owned_by_the_engine(conn):
           join pg_proc p on p.oid = e.evtfoid
          where e.evtname like 'usersync%%' and p.proowner = 'usersync_engine'::regrole""").fetchall()
     assert rows == []
-    assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 3
+    assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 5
 
 
 @pytest.mark.parametrize("statement", [
@@ -75,7 +75,7 @@ def test_the_engine_cannot_make_its_code_run_as_its_caller(conn, statement):
 
 
 @pytest.mark.parametrize("function", ["usersync._on_ddl_end()", "usersync._on_sql_drop()",
-                                      "usersync._on_routine_change()", "usersync._check_dependencies(boolean)"])
+                                      "usersync._on_engine_ddl()", "usersync._check_dependencies(boolean)"])
 def test_the_engine_cannot_replace_what_runs_as_another_role(conn, function):
     conn.execute("begin")
     conn.execute("set local role usersync_engine")

@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "6114a60067d9a2a76994c8af086666e2fd9927c1d166c651d12914fd9d7b8818"
+SHA256 = "3b6b51db61781899f3feb78309d292d85a6541987f63b3589bd5e1f31f77a99d"
 
 
 def upgrade() -> None:
@@ -23,10 +23,13 @@ def upgrade() -> None:
 def downgrade() -> None:
     # 0002's definition is idempotent (CREATE OR REPLACE, IF NOT EXISTS): re-applying it puts its
     # functions and event triggers back; what 0003 added on top is removed first.
-    run_sql("drop event trigger if exists usersync_guard_routines;"
+    run_sql("drop event trigger if exists usersync_guard_engine;"
+            " drop event trigger if exists usersync_guard_drop_start;"
+            " drop event trigger if exists usersync_guard_rewrite;"
             " drop event trigger if exists usersync_guard_drop;"
             " drop event trigger if exists usersync_guard_alter;"
-            " drop function if exists usersync._on_routine_change(), usersync._engine_triggers(),"
+            " drop function if exists usersync._on_engine_ddl(), usersync._on_ddl_start(),"
+            " usersync._on_table_rewrite(), usersync._check_rewrite(), usersync._engine_triggers(),"
             " usersync._gen_subst(text, jsonb), usersync._gen_body(text, jsonb), usersync._gen_fill(text, jsonb),"
             " usersync._gen_writes_can_vanish(regclass), usersync._gen_pins(),"
             " usersync._lost_write(regclass, text, bigint, bigint), usersync._gen_try(text, boolean),"

@@ -193,6 +193,38 @@ comment on table usersync.resync_state is 'Progress of the current (finished_at 
 create table if not exists usersync.config_lock ();
 comment on table usersync.config_lock is 'Empty; its table lock serializes configuration changes (only the engine may take it)';
 
+-- The EXCLUSIVE lock is taken without joining the lock queue: a configuration change that waited
+-- in the queue behind a sync action (itself waiting for a row an application holds) would make
+-- every later sync action queue behind it. Polling with NOWAIT keeps the queue free for them;
+-- lock_timeout and statement_timeout still bound the wait.
+create or replace function usersync._lock_config_exclusive()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    pause pg_catalog.float8 := 0.005;
+    timeout pg_catalog.interval :=
+        nullif(pg_catalog.current_setting('lock_timeout'), '0')::pg_catalog.interval;
+begin
+    loop
+        begin
+            lock table usersync.config_lock in exclusive mode nowait;
+            return;
+        exception when lock_not_available then
+            if timeout is not null and pg_catalog.clock_timestamp() - started > timeout then
+                raise exception using errcode = 'lock_not_available',
+                    message = 'usersync: a synchronization is running; the configuration change waited too long',
+                    hint = 'Retry when the running sync_users, resync batch or set_sync_source has finished.';
+            end if;
+            perform pg_catalog.pg_sleep(pause);
+            pause := least(pause * 2, 0.2);
+        end;
+    end loop;
+end
+$$;
+
 -- The engine's triggers, recognised by the function they call (a trigger keeps its function when
 -- renamed), with the name and definition usersync._attach() gives them
 -- (the DDL guard and the generator use this list too).
@@ -310,7 +342,7 @@ declare
     contacts_rel regclass := (select relation from usersync.modules where module = 'contacts');
     other text;
 begin
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
     if new.user_field is null or new.contact_field is null then
         raise exception using errcode = 'US003', message = 'a mapping needs both a user field and a contact field',
             hint = 'To remove a mapping, DELETE its row instead.';
@@ -363,7 +395,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
     update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
     -- With no pair at all, nothing can be stale.
     if not exists (select from usersync.links l where l.active) then
@@ -434,7 +466,7 @@ set search_path = pg_catalog, pg_temp
 -- fails exactly where they do
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;
@@ -489,7 +521,7 @@ set search_path = pg_catalog, pg_temp
 -- fails exactly where they do
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;
@@ -790,6 +822,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                      ' set extra_float_digits = 1 set bytea_output = ''hex'' set lc_monetary = ''C'''
                      ' set xmloption = ''content'' set xmlbinary = ''base64'''
                      ' set default_text_search_config = ''pg_catalog.simple'''
+                     ' set timezone_abbreviations = ''Default'' set array_nulls = on'
                 else '' end
 $$;
 
@@ -942,6 +975,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off  -- the generated text and the SET clauses it records stay canonical
 as $gen$
 declare
     mu usersync.modules;
@@ -1123,10 +1157,12 @@ begin
     -- all of contacts for every batch)
     update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
      where l.user_id = any(p_user_ids) and l.active
-       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0);
+       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0)
+       and (not @GUARDED_U@ or exists (select from @U@ u where u.@UK@ = l.user_id offset 0));
     get diagnostics synced = row_count;
-    -- A pair whose contact the engine cannot see (deleted behind the triggers' back, or hidden by
-    -- a row-level security policy) is not synced, and says so rather than stay silently stale.
+    -- A pair whose contact (or, with row-level security on users, user) the engine cannot see
+    -- (deleted behind the triggers' back, or hidden by a policy) is not synced, and says so
+    -- rather than stay silently stale.
     select count(*) into expected from usersync.links l where l.user_id = any(p_user_ids) and l.active;
     if synced <> expected then
         perform usersync._lost_write(@C_REL@, 'read', expected, synced);
@@ -1145,6 +1181,14 @@ declare
 begin
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
+    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate.
+    if @GUARDED_C@ then
+        select count(*) into expected from usersync.links l
+         where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
+        if expected > 0 then
+            perform usersync._lost_write(@C_REL@, 'read', expected, 0);
+        end if;
+    end if;
     delete from usersync.links l
      where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
     -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
@@ -1202,6 +1246,15 @@ begin
     update usersync.links l set active = false
       from @U@ u
      where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids));
+    -- (Not while row-level security may only be hiding the user: that pair would be lost.)
+    if @GUARDED_U@ then
+        select array_agg(l.user_id) into unknown from usersync.links l
+         where (p_user_ids is null or l.user_id = any(p_user_ids))
+           and not exists (select from @U@ u where u.@UK@ = l.user_id);
+        if unknown is not null then
+            perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
+        end if;
+    end if;
     delete from usersync.links l
      where (p_user_ids is null or l.user_id = any(p_user_ids))
        and not exists (select from @U@ u where u.@UK@ = l.user_id);
@@ -1806,7 +1859,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
     select case
              when lc.fn is null then
@@ -1845,7 +1898,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     rev text;
@@ -1876,7 +1929,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     st text;
@@ -1901,7 +1954,7 @@ stable
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     mu usersync.modules;
@@ -2021,7 +2074,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
-set default_text_search_config = 'pg_catalog.simple'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
     q text;
@@ -2071,6 +2124,7 @@ create or replace function usersync._check_dependencies(p_missing_triggers_allow
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off  -- format_type() is compared with what the generator recorded
 as $$
 declare
     m record;
@@ -2086,6 +2140,36 @@ begin
                 message = pg_catalog.format('column %I of %s is used by usersync and cannot be dropped or renamed',
                                             t.col, m.relation),
                 hint = 'It is the module''s key or synchronization switch.';
+        end loop;
+        -- A pair is its keys: a key that is not unique lets another row take a pair over.
+        if not exists (select from pg_catalog.pg_index i
+                         join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+                        where i.indrelid = m.relation and i.indisunique and i.indimmediate and i.indnkeyatts = 1
+                          and i.indpred is null and i.indexprs is null and a.attname = m.key_column) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('the key %I of %s must stay unique: it identifies the pairs of usersync',
+                                            m.key_column, m.relation),
+                hint = 'Keep the primary key or a unique index on the key column.';
+        end if;
+        if m.switch_column is not null
+           and not exists (select from pg_catalog.pg_attribute a
+                            where a.attrelid = m.relation and a.attname = m.switch_column and a.attnotnull
+                              and a.atttypid = 'pg_catalog.bool'::pg_catalog.regtype) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('the switch %I of %s must stay boolean NOT NULL', m.switch_column, m.relation),
+                detail = 'A NULL switch is neither on nor off.',
+                hint = 'Keep the column boolean and NOT NULL (with a default such as false).';
+        end if;
+        -- Writes through an inheritance or partition parent fire the parent's statement triggers,
+        -- not the module's, and would bypass the engine.
+        for t in select i.inhparent::pg_catalog.regclass as parent, i.inhrelid::pg_catalog.regclass as child
+                   from pg_catalog.pg_inherits i
+                  where m.relation in (i.inhrelid, i.inhparent) loop
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('%s cannot be part of an inheritance or partition tree (%s is the parent of %s): '
+                                            'it is synchronized by usersync', m.relation, t.parent, t.child),
+                detail = 'Writes through the parent would not fire the engine''s triggers on the module table.',
+                hint = 'Keep the module table on its own.';
         end loop;
         -- Rules rewrite the engine's own writes (DO INSTEAD NOTHING would silently drop them).
         for t in select r.rulename from pg_catalog.pg_rewrite r
@@ -2129,6 +2213,23 @@ begin
 end
 $$;
 
+-- Who issued a DROP: recorded at ddl_command_start by a caller-rights function (current_user is
+-- then the role that issued it), and read at sql_drop by the guard, which runs as the installer.
+-- session_user would not do: a superuser's session can run a table owner's SECURITY DEFINER code.
+-- Nothing runs between the two events, so a value set beforehand by anyone is overwritten.
+-- (Session-level, not LOCAL: a SET LOCAL inside a function with SET clauses ends with the function.)
+create or replace function usersync._on_ddl_start()
+returns event_trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform pg_catalog.set_config('usersync.ddl_by_superuser',
+                                  (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user)::text,
+                                  false);
+end
+$$;
+
 create or replace function usersync._on_sql_drop()
 returns event_trigger
 language plpgsql
@@ -2148,17 +2249,72 @@ begin
             raise exception using errcode = 'US005',
                 message = pg_catalog.format('table %s is the %s module synchronized by usersync and cannot be dropped',
                                             o.object_identity, o.module),
-                hint = 'Uninstall usersync first: DROP SCHEMA usersync CASCADE.';
+                hint = 'Uninstall usersync first: usersync uninstall.';
         end if;
+    end loop;
+    -- The engine's policy on a module table: without it, row-level security would hide rows from it.
+    for o in select d.object_identity from pg_catalog.pg_event_trigger_dropped_objects() d
+              where d.object_type = 'policy' and d.address_names[3] = 'usersync_engine'
+                and exists (select from usersync.modules mo
+                             where mo.relation = pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) || '.'
+                                                                        || pg_catalog.quote_ident(d.address_names[2]))) loop
+        raise exception using errcode = 'US005',
+            message = pg_catalog.format('policy %s belongs to usersync and cannot be dropped', o.object_identity),
+            detail = 'With row-level security on, the engine would no longer see every row it synchronizes.',
+            hint = 'To uninstall usersync: usersync uninstall.';
     end loop;
     -- Columns: the mapping check at ddl_command_end names the mapping; nothing else to do here.
     -- Triggers are recognised by the function they call, whatever their name. A superuser may
-    -- drop one (session_user, not current_user, tells who asked; it changes only through SET
-    -- SESSION AUTHORIZATION, which only a superuser may run).
+    -- drop one (usersync._on_ddl_start recorded who issued the DROP).
     if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d where d.object_type = 'trigger') then
         perform usersync._check_dependencies(
-            p_missing_triggers_allowed => (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = session_user));
+            p_missing_triggers_allowed => coalesce(pg_catalog.current_setting('usersync.ddl_by_superuser', true), '')
+                                          = 'true');
     end if;
+end
+$$;
+
+-- A rewrite of a module table (ALTER COLUMN ... TYPE ... USING, even to the same type) changes
+-- stored values without firing a trigger. Recorded here, checked at ddl_command_end.
+create or replace function usersync._on_table_rewrite()
+returns event_trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if exists (select from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid()) then
+        perform pg_catalog.set_config('usersync.rewritten', 'true', false);  -- read and cleared at ddl_command_end
+    end if;
+end
+$$;
+
+-- After a module table was rewritten: its keys and switches must still match the links (else
+-- refused). Mapped values may have changed too: usersync._on_ddl_end then syncs every pair.
+create or replace function usersync._check_rewrite()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    mu usersync.modules;
+    mc usersync.modules;
+    broken boolean;
+begin
+    select * into mu from usersync.modules where module = 'users';
+    select * into mc from usersync.modules where module = 'contacts';
+    execute pg_catalog.format(
+        'select exists (select from usersync.links l where not exists (select from %1$s u where u.%2$I = l.user_id))'
+        ' or exists (select from usersync.links l where not exists (select from %3$s c where c.%4$I = l.contact_id))'
+        ' or exists (select from usersync.links l join %1$s u on u.%2$I = l.user_id where l.active <> u.%5$I)',
+        mu.relation, mu.key_column, mc.relation, mc.key_column, mu.switch_column) into broken;
+    if broken then
+        raise exception using errcode = 'US005',
+            message = 'this ALTER TABLE rewrote keys or switches of synchronized rows',
+            detail = 'A rewrite changes stored values without firing triggers; the links would no longer match.',
+            hint = 'Change keys and switches with UPDATE (keys of linked rows cannot change), not with ALTER ... USING.';
+    end if;
+    perform pg_catalog.set_config('usersync.rewritten', '', false);
 end
 $$;
 
@@ -2167,9 +2323,15 @@ returns event_trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set quote_all_identifiers = off
 as $$
 begin
-    -- A command on a module table, or on an index, trigger, rule or policy of one.
+    -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
+    -- INHERIT name the parent, which is not a module).
+    if exists (select from pg_catalog.pg_inherits i join usersync.modules mo on mo.relation in (i.inhrelid, i.inhparent)) then
+        perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+    end if;
+    -- A command on a module table, on an index, trigger, rule or policy of one, or on its schema.
     if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
                      join usersync.modules mo
                        on mo.relation = case c.classid
@@ -2181,42 +2343,68 @@ begin
                                 (select r.ev_class from pg_catalog.pg_rewrite r where r.oid = c.objid)
                             when 'pg_catalog.pg_policy'::pg_catalog.regclass then
                                 (select p.polrelid from pg_catalog.pg_policy p where p.oid = c.objid)
-                          end) then
+                          end
+                       or (c.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                           and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))) then
         return;
     end if;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
     -- triggers are being created, possibly one by one by usersync._attach().
     perform usersync._check_dependencies(p_missing_triggers_allowed => true);
-    lock table usersync.config_lock in exclusive mode;
+    perform usersync._lock_config_exclusive();
+    if coalesce(pg_catalog.current_setting('usersync.rewritten', true), '') = 'true' then
+        perform usersync._check_rewrite();
+        perform usersync._generate();
+        perform usersync._g_sync_users(null);  -- the rewrite changed values behind the triggers
+        return;
+    end if;
     perform usersync._generate();
 end
 $$;
 
--- Every function usersync_engine owns runs as usersync_engine, whoever calls it: SECURITY DEFINER
--- with the pinned search_path. An invoker function (or an aggregate, whose support functions run
--- as the caller) owned by the engine would run the engine's code with its caller's privileges, a
--- superuser's among them.
-create or replace function usersync._on_routine_change()
+-- usersync_engine creates and alters its own functions, nothing else, and every function it
+-- owns runs as usersync_engine, whoever calls it: SECURITY DEFINER with the pinned search_path.
+-- An invoker function, an aggregate (whose support functions run as the caller) or a relation
+-- (a temporary view planted in a caller's pg_temp, say) owned by the engine would run code with
+-- its caller's privileges, a superuser's among them. Runs as the role that issued the DDL, so
+-- current_user tells whether the engine did; needs no privilege of its own.
+create or replace function usersync._on_engine_ddl()
 returns event_trigger
 language plpgsql
-security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    f record;
+    engine pg_catalog.oid := (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine');
+    c record;
 begin
-    for f in select p.oid::pg_catalog.regprocedure as fn
-               from pg_catalog.pg_event_trigger_ddl_commands() c
-               join pg_catalog.pg_proc p on p.oid = c.objid and c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-              where p.proowner = (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine')
-                and (not p.prosecdef or p.prokind not in ('f', 'p')
-                     or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false))
-              limit 1 loop
-        raise exception using errcode = 'US005',
-            message = pg_catalog.format('function %s is owned by usersync_engine and must be SECURITY DEFINER '
-                                        'with search_path = pg_catalog, pg_temp', f.fn),
-            detail = 'A function of the engine that ran as its caller would give the engine its caller''s privileges.',
-            hint = 'Functions owned by usersync_engine are written by usersync only; reinstall with usersync db upgrade.';
+    for c in select d.command_tag, d.object_identity, d.classid, d.objid, p.prosecdef, p.prokind, p.proconfig,
+                    coalesce(p.proowner, r.relowner, t.typowner, o.oprowner) as owner
+               from pg_catalog.pg_event_trigger_ddl_commands() d
+               left join pg_catalog.pg_proc p on d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and p.oid = d.objid
+               left join pg_catalog.pg_class r on d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass and r.oid = d.objid
+               left join pg_catalog.pg_type t on d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass and t.oid = d.objid
+               left join pg_catalog.pg_operator o on d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                                  and o.oid = d.objid loop
+        if c.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass and c.owner = engine
+           and (not c.prosecdef or c.prokind not in ('f', 'p')
+                or not coalesce('search_path=pg_catalog, pg_temp' = any(c.proconfig), false)) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('function %s is owned by usersync_engine and must be SECURITY DEFINER '
+                                            'with search_path = pg_catalog, pg_temp', c.object_identity),
+                detail = 'A function of the engine that ran as its caller would give the engine its caller''s privileges.',
+                hint = 'Functions owned by usersync_engine are written by usersync only; reinstall with usersync db upgrade.';
+        end if;
+        if (current_user = 'usersync_engine' or c.owner = engine)
+           and c.classid is distinct from 'pg_catalog.pg_proc'::pg_catalog.regclass
+           and c.command_tag not in ('GRANT', 'REVOKE') then  -- the engine revokes PUBLIC from its functions
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('usersync_engine may own functions only, not %s (%s)', c.object_identity,
+                                            c.command_tag),
+                detail = 'An object of the engine in a caller''s session (a temporary view, say) would run code with '
+                         'the caller''s privileges.',
+                hint = 'Code that runs as usersync_engine (the tables'' own triggers, defaults or policies included) '
+                       'must not create objects.';
+        end if;
     end loop;
 end
 $$;
@@ -2225,17 +2413,23 @@ drop event trigger if exists usersync_guard_drop;
 create event trigger usersync_guard_drop on sql_drop
     execute function usersync._on_sql_drop();
 
+drop event trigger if exists usersync_guard_drop_start;
+create event trigger usersync_guard_drop_start on ddl_command_start
+    execute function usersync._on_ddl_start();
+
+drop event trigger if exists usersync_guard_rewrite;
+create event trigger usersync_guard_rewrite on table_rewrite
+    execute function usersync._on_table_rewrite();
+
 drop event trigger if exists usersync_guard_alter;
 create event trigger usersync_guard_alter on ddl_command_end
     when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'CREATE INDEX', 'ALTER INDEX',
-                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
+                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'ALTER SCHEMA')
     execute function usersync._on_ddl_end();
 
-drop event trigger if exists usersync_guard_routines;
-create event trigger usersync_guard_routines on ddl_command_end
-    when tag in ('CREATE FUNCTION', 'ALTER FUNCTION', 'CREATE PROCEDURE', 'ALTER PROCEDURE', 'ALTER ROUTINE',
-                 'CREATE AGGREGATE', 'ALTER AGGREGATE')
-    execute function usersync._on_routine_change();
+drop event trigger if exists usersync_guard_engine;
+create event trigger usersync_guard_engine on ddl_command_end
+    execute function usersync._on_engine_ddl();
 -- 90_install.sql: ownership, grants, the triggers on the modules, and the first generation.
 -- Safe to run again: it changes nothing that is already as it should be, and keeps the
 -- administrators' mapping and settings.
@@ -2310,6 +2504,10 @@ alter function usersync.preview_resync(integer) owner to usersync_engine;
 alter function usersync._check_dependencies(boolean) owner to current_user;
 alter function usersync._on_sql_drop() owner to current_user;
 alter function usersync._on_ddl_end() owner to current_user;
+alter function usersync._on_ddl_start() owner to current_user;
+alter function usersync._on_table_rewrite() owner to current_user;
+alter function usersync._on_engine_ddl() owner to current_user;
+alter function usersync._check_rewrite() owner to current_user;
 
 grant select on usersync.modules, usersync.settings, usersync.field_mapping, usersync.mapping_state to usersync_engine;
 grant select, insert, update, delete on usersync.links, usersync.sync_errors, usersync.resync_state to usersync_engine;
