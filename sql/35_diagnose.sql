@@ -182,6 +182,14 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if p_action = 'keep' then
+        raise exception using errcode = 'US007',
+            message = pg_catalog.format('something on %s changed the synchronized values of %s row(s) that usersync wrote',
+                                        p_table, p_expected),
+            detail = 'A BEFORE trigger (or a rule) on the table rewrote mapped fields: the pair would no longer be '
+                     'the image of its source.',
+            hint = pg_catalog.format('Let the triggers on %s leave mapped fields as usersync writes them.', p_table);
+    end if;
     raise exception using errcode = 'US007',
         message = pg_catalog.format('usersync could not %s %s row(s) of %s: %s were %s', p_action, p_expected, p_table,
                                     p_done, case p_action when 'read' then 'visible' else 'affected' end),

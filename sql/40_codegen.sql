@@ -74,26 +74,53 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
 $$;
 
+-- Can values of this type be compared with IS DISTINCT FROM? Asked of the parser, as
+-- usersync._assignable does: json, xml, point (and arrays of them) have no equality operator.
+create or replace function usersync._gen_comparable(p_type text)
+returns boolean
+language plpgsql
+volatile  -- EXPLAIN is not allowed in a non-volatile function
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute pg_catalog.format('explain (costs off) select null::%s is distinct from null::%s', p_type, p_type);
+    return true;
+exception when undefined_function then
+    return false;
+end
+$$;
+
+-- A field of the row named p_alias, as the generated code compares it: as itself, or as its text
+-- where its type has no equality (so a change is still seen, and nothing fails to compare).
+create or replace function usersync._gen_cmp(p_alias text, p_field text, p_type text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.format('%s.%I', p_alias, p_field)
+           || case when usersync._gen_comparable(p_type) then '' else '::pg_catalog.text' end
+$$;
+
 -- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
 create or replace function usersync._gen_changed(p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when count(*) = 0 then 'false'
                 else pg_catalog.format('(%s) is distinct from (%s)',
-                       string_agg(p_old || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field),
-                       string_agg(p_new || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field)) end
+                       string_agg(usersync._gen_cmp(p_old, x.field, f.data_type), ', ' order by x.field),
+                       string_agg(usersync._gen_cmp(p_new, x.field, f.data_type), ', ' order by x.field)) end
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
               from usersync.field_mapping m) x
+      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
 $$;
 
 -- The name of the first mapped field that differs, for error messages.
 create or replace function usersync._gen_first_changed(p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select coalesce('case ' || string_agg(pg_catalog.format('when %s.%I is distinct from %s.%I then %L',
-                                                            p_old, x.field, p_new, x.field, x.field),
+    select coalesce('case ' || string_agg(pg_catalog.format('when %s is distinct from %s then %L',
+                                                            usersync._gen_cmp(p_old, x.field, f.data_type),
+                                                            usersync._gen_cmp(p_new, x.field, f.data_type), x.field),
                                           ' ' order by x.field) || ' end',
-                    'null::text')
+                    'null::pg_catalog.text')
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
               from usersync.field_mapping m) x
+      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
 $$;
 
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
@@ -103,17 +130,34 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
                 else string_agg(case when f.user_field is null
                                      then pg_catalog.format('%s.%I is null', p_contact, f.field)
-                                     else pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                            p_contact, f.field, p_user, f.user_field) end,
+                                     else pg_catalog.format('%s is not distinct from %s',
+                                                            usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                            usersync._gen_cmp(p_user, f.user_field, f.data_type)) end,
                                 ' and ' order by f.position) end
       from usersync._gen_contact_fields() f
+$$;
+
+-- "The mapped fields hold the same values on both sides", over the mapped pairs of one type
+-- ('true' when there are none; a pair of differing types is converted, so not compared). Where
+-- something on a table can change what the engine writes (usersync._gen_writes_can_vanish), the
+-- generated code checks it after writing: an application's BEFORE trigger that changes a mapped
+-- value would otherwise leave a pair reported as synced that is not.
+create or replace function usersync._gen_mapped_same(p_contact text, p_user text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select case when count(*) = 0 then 'true'
+                else pg_catalog.format('(%s) is not distinct from (%s)',
+                        string_agg(usersync._gen_cmp(p_contact, f.field, f.data_type), ', ' order by f.position),
+                        string_agg(usersync._gen_cmp(p_user, f.user_field, f.data_type), ', ' order by f.position)) end
+      from usersync._gen_contact_fields() f
+     where f.user_field is not null and f.user_data_type = f.data_type
 $$;
 
 create or replace function usersync._gen_user_same(p_user text, p_contact text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(uf.data_type <> cf.data_type) then 'false'
-                else coalesce(string_agg(pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                           p_user, m.user_field, p_contact, m.contact_field),
+                else coalesce(string_agg(pg_catalog.format('%s is not distinct from %s',
+                                                           usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                           usersync._gen_cmp(p_contact, m.contact_field, cf.data_type)),
                                          ' and ' order by m.user_field), 'true') end
       from usersync.field_mapping m
       join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
@@ -391,6 +435,9 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'KEPT_CU', usersync._gen_mapped_same('c', 'u'),
+        'KEPT_CN', usersync._gen_mapped_same('c', 'n'),
+        'KEPT_NEWU', usersync._gen_mapped_same('new', 'u'),
         'CAN_FAIL', can_fail::text,
         'U_SRC_U', usersync._gen_source_cols('u'),
         'U_SRC_N', usersync._gen_source_cols('n'),

@@ -79,6 +79,15 @@ begin
     if @GUARDED_C@ and changed <> expected then
         perform usersync._lost_write(@C_REL@, 'update', expected, changed);
     end if;
+    if @GUARDED_C@ then
+        select count(*) into n
+          from @C@ c join usersync.links l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
+         where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+           and u.@SW@ and l.active and l.source = 'user' and not (@KEPT_CU@);
+        if n > 0 then
+            perform usersync._lost_write(@C_REL@, 'keep', n, 0);
+        end if;
+    end if;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
         perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
@@ -97,6 +106,15 @@ begin
         get diagnostics n = row_count;
         if @GUARDED_U@ and n <> expected then
             perform usersync._lost_write(@U_REL@, 'update', expected, n);
+        end if;
+        if @GUARDED_U@ then
+            select count(*) into expected
+              from @U@ u join usersync.links l on l.user_id = u.@UK@ join @C@ c on c.@CK@ = l.contact_id
+             where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+               and l.active and l.source = 'contact' and not (@KEPT_CU@);
+            if expected > 0 then
+                perform usersync._lost_write(@U_REL@, 'keep', expected, 0);
+            end if;
         end if;
         changed := changed + n;
     end if;
@@ -243,6 +261,12 @@ begin
             if written <> (select count(*) from new_rows n where n.@SW@) then
                 perform usersync._lost_write(@C_REL@, 'insert', (select count(*) from new_rows n where n.@SW@), written);
             end if;
+            select count(*) into written
+              from new_rows n join usersync.links l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
+             where n.@SW@ and not (@KEPT_CN@);
+            if written > 0 then
+                perform usersync._lost_write(@C_REL@, 'keep', written, 0);
+            end if;
         end if;
     end if;
     @CATCH@
@@ -354,6 +378,17 @@ begin
         get diagnostics written = row_count;
         if written <> expected then
             perform usersync._lost_write(@C_REL@, 'update', expected, written);
+        end if;
+        /*dual into written using switched_on*/
+        select count(*) into written
+          from new_rows n
+          join old_rows o on o.@UK@ = n.@UK@
+          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+          join @C@ c on c.@CK@ = l.contact_id
+         where n.@SW@ and @U_CHANGED@ and not n.@UK@ = any(switched_on) and not (@KEPT_CN@);
+        /*end*/
+        if written > 0 then
+            perform usersync._lost_write(@C_REL@, 'keep', written, 0);
         end if;
     end if;
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
@@ -502,6 +537,9 @@ begin
             get diagnostics written = row_count;
             if written <> 1 then
                 perform usersync._lost_write(@U_REL@, 'update', 1, written);
+            end if;
+            if exists (select from @U@ u where u.@UK@ = l.user_id and not (@KEPT_NEWU@)) then
+                perform usersync._lost_write(@U_REL@, 'keep', 1, 0);
             end if;
         end if;
         @CATCH@

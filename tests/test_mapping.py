@@ -114,3 +114,19 @@ def test_an_unmapped_not_null_contact_field_without_default_fails_with_a_named_e
     assert "insert into public.contacts" not in (info.value.diag.context or "")  # no page of generated SQL
     result = CliRunner().invoke(cli.app, ["mapping", "show", "--database-url", admin_url])
     assert "region" in result.stdout and "no default" in result.stderr
+
+
+def test_a_mapped_field_of_a_type_without_equality_syncs_both_ways(conn, app_conn, admin_conn):
+    # json has no = operator: the generated code compares such fields by their text.
+    conn.execute("alter table users add column prefs json")
+    conn.execute("alter table contacts add column prefs json")
+    admin_conn.execute("insert into usersync.field_mapping values ('prefs', 'prefs')")
+    uid = add_user(app_conn, "j", prefs='{"a": 1}')
+    cid = contact_id(conn, uid)
+    app_conn.execute("""update users set prefs = '{"a": 2}' where id = %s""", [uid])
+    assert contact(conn, cid)["prefs"] == {"a": 2}
+    admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    app_conn.execute("update contacts set prefs = '[3]' where id = %s", [cid])
+    assert one(conn, "select prefs from users where id = %s", [uid]) == [3]
+    admin_conn.execute("call usersync.resync_all()")
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0

@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "3b6b51db61781899f3feb78309d292d85a6541987f63b3589bd5e1f31f77a99d"
+SHA256 = "f14e1b2d0d66a98cfeed7c9b86bba5f6ccfb6189c02eb5450fbea5441d325bd0"
 
 
 def upgrade() -> None:

@@ -634,6 +634,14 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if p_action = 'keep' then
+        raise exception using errcode = 'US007',
+            message = pg_catalog.format('something on %s changed the synchronized values of %s row(s) that usersync wrote',
+                                        p_table, p_expected),
+            detail = 'A BEFORE trigger (or a rule) on the table rewrote mapped fields: the pair would no longer be '
+                     'the image of its source.',
+            hint = pg_catalog.format('Let the triggers on %s leave mapped fields as usersync writes them.', p_table);
+    end if;
     raise exception using errcode = 'US007',
         message = pg_catalog.format('usersync could not %s %s row(s) of %s: %s were %s', p_action, p_expected, p_table,
                                     p_done, case p_action when 'read' then 'visible' else 'affected' end),
@@ -720,26 +728,53 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
 $$;
 
+-- Can values of this type be compared with IS DISTINCT FROM? Asked of the parser, as
+-- usersync._assignable does: json, xml, point (and arrays of them) have no equality operator.
+create or replace function usersync._gen_comparable(p_type text)
+returns boolean
+language plpgsql
+volatile  -- EXPLAIN is not allowed in a non-volatile function
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute pg_catalog.format('explain (costs off) select null::%s is distinct from null::%s', p_type, p_type);
+    return true;
+exception when undefined_function then
+    return false;
+end
+$$;
+
+-- A field of the row named p_alias, as the generated code compares it: as itself, or as its text
+-- where its type has no equality (so a change is still seen, and nothing fails to compare).
+create or replace function usersync._gen_cmp(p_alias text, p_field text, p_type text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.format('%s.%I', p_alias, p_field)
+           || case when usersync._gen_comparable(p_type) then '' else '::pg_catalog.text' end
+$$;
+
 -- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
 create or replace function usersync._gen_changed(p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when count(*) = 0 then 'false'
                 else pg_catalog.format('(%s) is distinct from (%s)',
-                       string_agg(p_old || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field),
-                       string_agg(p_new || '.' || pg_catalog.quote_ident(x.field), ', ' order by x.field)) end
+                       string_agg(usersync._gen_cmp(p_old, x.field, f.data_type), ', ' order by x.field),
+                       string_agg(usersync._gen_cmp(p_new, x.field, f.data_type), ', ' order by x.field)) end
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
               from usersync.field_mapping m) x
+      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
 $$;
 
 -- The name of the first mapped field that differs, for error messages.
 create or replace function usersync._gen_first_changed(p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select coalesce('case ' || string_agg(pg_catalog.format('when %s.%I is distinct from %s.%I then %L',
-                                                            p_old, x.field, p_new, x.field, x.field),
+    select coalesce('case ' || string_agg(pg_catalog.format('when %s is distinct from %s then %L',
+                                                            usersync._gen_cmp(p_old, x.field, f.data_type),
+                                                            usersync._gen_cmp(p_new, x.field, f.data_type), x.field),
                                           ' ' order by x.field) || ' end',
-                    'null::text')
+                    'null::pg_catalog.text')
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
               from usersync.field_mapping m) x
+      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
 $$;
 
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
@@ -749,17 +784,34 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
                 else string_agg(case when f.user_field is null
                                      then pg_catalog.format('%s.%I is null', p_contact, f.field)
-                                     else pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                            p_contact, f.field, p_user, f.user_field) end,
+                                     else pg_catalog.format('%s is not distinct from %s',
+                                                            usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                            usersync._gen_cmp(p_user, f.user_field, f.data_type)) end,
                                 ' and ' order by f.position) end
       from usersync._gen_contact_fields() f
+$$;
+
+-- "The mapped fields hold the same values on both sides", over the mapped pairs of one type
+-- ('true' when there are none; a pair of differing types is converted, so not compared). Where
+-- something on a table can change what the engine writes (usersync._gen_writes_can_vanish), the
+-- generated code checks it after writing: an application's BEFORE trigger that changes a mapped
+-- value would otherwise leave a pair reported as synced that is not.
+create or replace function usersync._gen_mapped_same(p_contact text, p_user text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select case when count(*) = 0 then 'true'
+                else pg_catalog.format('(%s) is not distinct from (%s)',
+                        string_agg(usersync._gen_cmp(p_contact, f.field, f.data_type), ', ' order by f.position),
+                        string_agg(usersync._gen_cmp(p_user, f.user_field, f.data_type), ', ' order by f.position)) end
+      from usersync._gen_contact_fields() f
+     where f.user_field is not null and f.user_data_type = f.data_type
 $$;
 
 create or replace function usersync._gen_user_same(p_user text, p_contact text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(uf.data_type <> cf.data_type) then 'false'
-                else coalesce(string_agg(pg_catalog.format('%s.%I is not distinct from %s.%I',
-                                                           p_user, m.user_field, p_contact, m.contact_field),
+                else coalesce(string_agg(pg_catalog.format('%s is not distinct from %s',
+                                                           usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                           usersync._gen_cmp(p_contact, m.contact_field, cf.data_type)),
                                          ' and ' order by m.user_field), 'true') end
       from usersync.field_mapping m
       join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
@@ -1037,6 +1089,9 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same('c', 'u'),
+        'KEPT_CU', usersync._gen_mapped_same('c', 'u'),
+        'KEPT_CN', usersync._gen_mapped_same('c', 'n'),
+        'KEPT_NEWU', usersync._gen_mapped_same('new', 'u'),
         'CAN_FAIL', can_fail::text,
         'U_SRC_U', usersync._gen_source_cols('u'),
         'U_SRC_N', usersync._gen_source_cols('n'),
@@ -1131,6 +1186,15 @@ begin
     if @GUARDED_C@ and changed <> expected then
         perform usersync._lost_write(@C_REL@, 'update', expected, changed);
     end if;
+    if @GUARDED_C@ then
+        select count(*) into n
+          from @C@ c join usersync.links l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
+         where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+           and u.@SW@ and l.active and l.source = 'user' and not (@KEPT_CU@);
+        if n > 0 then
+            perform usersync._lost_write(@C_REL@, 'keep', n, 0);
+        end if;
+    end if;
     if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
         perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
@@ -1149,6 +1213,15 @@ begin
         get diagnostics n = row_count;
         if @GUARDED_U@ and n <> expected then
             perform usersync._lost_write(@U_REL@, 'update', expected, n);
+        end if;
+        if @GUARDED_U@ then
+            select count(*) into expected
+              from @U@ u join usersync.links l on l.user_id = u.@UK@ join @C@ c on c.@CK@ = l.contact_id
+             where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+               and l.active and l.source = 'contact' and not (@KEPT_CU@);
+            if expected > 0 then
+                perform usersync._lost_write(@U_REL@, 'keep', expected, 0);
+            end if;
         end if;
         changed := changed + n;
     end if;
@@ -1295,6 +1368,12 @@ begin
             if written <> (select count(*) from new_rows n where n.@SW@) then
                 perform usersync._lost_write(@C_REL@, 'insert', (select count(*) from new_rows n where n.@SW@), written);
             end if;
+            select count(*) into written
+              from new_rows n join usersync.links l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
+             where n.@SW@ and not (@KEPT_CN@);
+            if written > 0 then
+                perform usersync._lost_write(@C_REL@, 'keep', written, 0);
+            end if;
         end if;
     end if;
     @CATCH@
@@ -1406,6 +1485,17 @@ begin
         get diagnostics written = row_count;
         if written <> expected then
             perform usersync._lost_write(@C_REL@, 'update', expected, written);
+        end if;
+        /*dual into written using switched_on*/
+        select count(*) into written
+          from new_rows n
+          join old_rows o on o.@UK@ = n.@UK@
+          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+          join @C@ c on c.@CK@ = l.contact_id
+         where n.@SW@ and @U_CHANGED@ and not n.@UK@ = any(switched_on) and not (@KEPT_CN@);
+        /*end*/
+        if written > 0 then
+            perform usersync._lost_write(@C_REL@, 'keep', written, 0);
         end if;
     end if;
     -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
@@ -1554,6 +1644,9 @@ begin
             get diagnostics written = row_count;
             if written <> 1 then
                 perform usersync._lost_write(@U_REL@, 'update', 1, written);
+            end if;
+            if exists (select from @U@ u where u.@UK@ = l.user_id and not (@KEPT_NEWU@)) then
+                perform usersync._lost_write(@U_REL@, 'keep', 1, 0);
             end if;
         end if;
         @CATCH@
