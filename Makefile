@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# PG=16 or PG=18: on a private server of that version (the `embedded` extra); PG=15: of the
+# machine's own binaries. Without PG: a server on 127.0.0.1:5432, else an embedded one.
+PG ?=
+
 test: lint
-	$(BIN)/pytest
+	USERSYNC_TEST_PG=$(PG) $(BIN)/pytest
 
 demo: $(STAMP)
 	$(BIN)/usersync demo

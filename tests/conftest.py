@@ -3,6 +3,7 @@ the migrations applied, and a fresh clone of it for every test."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import psycopg
@@ -30,6 +31,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None and _server.handle is not None:
         _server.handle.stop()
+        shutil.rmtree(_server.handle.datadir.parent, ignore_errors=True)  # the private server's temp dir
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """Which PostgreSQL the tests use, and the databases they get from it.
 
-Order: USERSYNC_TEST_DSN (or PGHOST/PGPORT) when set; else a server answering on
+Order: USERSYNC_TEST_PG=N (a private server of that major version: the `embedded` extra's 16 or
+18, or the machine's own binaries, e.g. 15); USERSYNC_TEST_DSN
+(or PGHOST/PGPORT) when set; else a server answering on
 127.0.0.1:5432; else a private temporary server from the `embedded` extra, on /dev/shm
 when it exists. Probes use a 2 s connect timeout, never a long retry loop.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +30,11 @@ from pyapp import migrate, server
 from pyapp.config import Database
 
 CONNECT_TIMEOUT = 2
+# USERSYNC_TEST_PG=16 or 18 runs the suite on a private server of that version from the
+# `embedded` extra (`make test PG=18`); another version (15) on a private server of the machine's
+# own binaries, when installed; nothing: the order in the module docstring.
+EMBEDDED_VERSIONS = ("16", "18")
+SYSTEM_BINARIES = Path("/usr/lib/postgresql")  # USERSYNC_TEST_PG=15: the machine's own server binaries
 APP_ROLE = "usersync_test_app"
 ADMIN_ROLE = "usersync_test_admin"
 OWNER_ROLE = "usersync_test_owner"  # owns users and contacts; not a superuser
@@ -37,7 +46,7 @@ class Server:
     params: dict[str, Any]
     origin: str
     version: str = ""
-    handle: server.LocalServer | None = None
+    handle: server.LocalServer | SystemServer | None = None
     _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def conninfo(self, dbname: str | None = None, **overrides: Any) -> str:
@@ -78,6 +87,13 @@ def _probe(params: dict[str, Any]) -> str:
 
 
 def choose_server() -> Server:
+    version = os.environ.get("USERSYNC_TEST_PG")
+    if version and version in EMBEDDED_VERSIONS:
+        return _embedded(int(version))
+    if version and not version.isdigit():
+        raise RuntimeError(f"USERSYNC_TEST_PG={version}: give a major version, e.g. 15, 16 or 18")
+    if version and (SYSTEM_BINARIES / version / "bin").is_dir():
+        return _system(version)
     dsn = os.environ.get("USERSYNC_TEST_DSN")
     if dsn:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
@@ -90,9 +106,44 @@ def choose_server() -> Server:
         return Server(local, "answering on 127.0.0.1:5432", _probe(local))
     except psycopg.OperationalError:
         pass
+    return _embedded(None)
+
+
+@dataclass
+class SystemServer:
+    """A private server from the machine's own binaries (Debian's /usr/lib/postgresql/N), on a
+    Unix socket in its data directory; as root it runs as the OS user postgres."""
+
+    bindir: Path
+    datadir: Path
+
+    def _run(self, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def _system(version: str) -> Server:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    top = Path(tempfile.mkdtemp(prefix="usersync-test-", dir=base))
+    datadir = top / "pgdata"
+    if os.geteuid() == 0:
+        shutil.chown(top, "postgres")
+    handle = SystemServer(SYSTEM_BINARIES / version / "bin", datadir)
+    handle._run(str(handle.bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    handle._run(str(handle.bindir / "pg_ctl"), "-D", str(datadir), "-w", "-l", str(top / "log"), "-o",
+                f"-c listen_addresses='' -k {top} -c fsync=off -c max_connections=100", "start")
+    params = {"host": str(top), "port": 5432, "user": "postgres", "dbname": "postgres"}
+    return Server(params, f"private server of the machine's PostgreSQL {version} in {top}", _probe(params), handle)
+
+
+def _embedded(version: int | None) -> Server:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     datadir = Path(tempfile.mkdtemp(prefix="usersync-test-", dir=base)) / "pgdata"
-    handle = server.start(datadir, keep=False)
+    handle = server.start(datadir, keep=False, version=version)
     params = psycopg.conninfo.conninfo_to_dict(handle.conninfo())
     return Server(params, f"private embedded server in {datadir.parent}", _probe(params), handle)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
+import pytest
 
 import harness
 
@@ -28,3 +31,10 @@ def test_admin_role_is_a_member_of_usersync_admin(admin_conn: psycopg.Connection
         "select rolsuper, pg_has_role(current_user, 'usersync_admin', 'member')"
         "  from pg_roles where rolname = current_user").fetchone()
     assert row == (False, True)
+
+
+def test_the_server_is_the_postgresql_version_asked_for(pg_server: harness.Server):
+    asked = os.environ.get("USERSYNC_TEST_PG")
+    if not asked:
+        pytest.skip("no version asked for (make test PG=N sets USERSYNC_TEST_PG)")
+    assert pg_server.version.split(".")[0] == asked
