@@ -74,16 +74,33 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
       join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
 $$;
 
--- Can values of this type be compared with IS DISTINCT FROM? Asked of the parser, as
--- usersync._assignable does: json, xml, point (and arrays of them) have no equality operator.
+-- Can values of this type be compared with IS DISTINCT FROM? json, xml, point have no equality
+-- operator; an array or a composite of them has one that fails only when two values meet (its
+-- elements' equality is looked up then), so two empty arrays of the type are compared for real.
+-- A domain compares as its base type. The generated code and the preview both ask here.
 create or replace function usersync._gen_comparable(p_type text)
 returns boolean
 language plpgsql
-volatile  -- EXPLAIN is not allowed in a non-volatile function
+volatile  -- EXECUTE of a probe; called while generating, never on a hot path
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    typ pg_catalog.oid := p_type::pg_catalog.regtype::pg_catalog.oid;
+    t record;
 begin
-    execute pg_catalog.format('explain (costs off) select null::%s is distinct from null::%s', p_type, p_type);
+    loop
+        select y.typtype, y.typbasetype, y.typcategory, y.typelem into t from pg_catalog.pg_type y where y.oid = typ;
+        exit when t.typtype <> 'd';
+        typ := t.typbasetype;
+    end loop;
+    execute pg_catalog.format('select cast(null as %1$s) is distinct from cast(null as %1$s)', p_type);
+    if t.typtype = 'c' or (t.typcategory = 'A' and t.typelem <> 0) then
+        begin
+            execute pg_catalog.format('select cast(%1$L as %2$s[]) is distinct from cast(%1$L as %2$s[])', '{}', p_type);
+        exception when undefined_object then
+            null;  -- no array type to try it with: the equality is taken as it resolves
+        end;
+    end if;
     return true;
 exception when undefined_function then
     return false;

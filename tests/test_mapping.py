@@ -117,14 +117,14 @@ def test_an_unmapped_not_null_contact_field_without_default_fails_with_a_named_e
 
 
 def test_a_mapped_field_of_a_type_without_equality_syncs_both_ways(conn, app_conn, admin_conn):
-    # json has no = operator: the generated code compares such fields by their text.
-    conn.execute("alter table users add column prefs json")
-    conn.execute("alter table contacts add column prefs json")
-    admin_conn.execute("insert into usersync.field_mapping values ('prefs', 'prefs')")
+    # json has no = operator (and json[] one that fails when used): such fields compare by text.
+    conn.execute("alter table users add column prefs json, add column tags json[]")
+    conn.execute("alter table contacts add column prefs json, add column tags json[]")
+    admin_conn.execute("insert into usersync.field_mapping values ('prefs', 'prefs'), ('tags', 'tags')")
     uid = add_user(app_conn, "j", prefs='{"a": 1}')
     cid = contact_id(conn, uid)
-    app_conn.execute("""update users set prefs = '{"a": 2}' where id = %s""", [uid])
-    assert contact(conn, cid)["prefs"] == {"a": 2}
+    app_conn.execute("""update users set prefs = '{"a": 2}', tags = array['1'::json] where id = %s""", [uid])
+    assert (contact(conn, cid)["prefs"], contact(conn, cid)["tags"]) == ({"a": 2}, [1])
     admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
     app_conn.execute("update contacts set prefs = '[3]' where id = %s", [cid])
     assert one(conn, "select prefs from users where id = %s", [uid]) == [3]

@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "f14e1b2d0d66a98cfeed7c9b86bba5f6ccfb6189c02eb5450fbea5441d325bd0"
+SHA256 = "20fa287362d5036af90cd1da4f6754e745d0310128b4200887df1b393e8e7514"
 
 
 def upgrade() -> None:
