@@ -4,7 +4,7 @@ the migrations applied, and a fresh clone of it for every test."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -94,3 +94,19 @@ def owner_conn(pg_server: harness.Server, dbname: str) -> Iterator[psycopg.Conne
 def admin_url(pg_server: harness.Server, dbname: str) -> str:
     """The test database as the administrator role, in libpq form (what DATABASE_URL takes)."""
     return pg_server.conninfo(dbname, user=harness.ADMIN_ROLE, password=harness.ROLE_PASSWORD)
+
+
+@pytest.fixture
+def new_database(pg_server: harness.Server) -> Iterator[Callable[[], Database]]:
+    """Makes empty databases (no template, no test grants), dropped after the test."""
+    janitors = []
+
+    def make() -> Database:
+        name = pg_server.next_dbname("t")
+        janitors.append(pg_server.janitor(name))
+        janitors[-1].init()
+        return Database(pg_server.conninfo(name), "empty test database")
+
+    yield make
+    for janitor in janitors:
+        janitor.drop()

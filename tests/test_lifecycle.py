@@ -3,13 +3,12 @@ application table, column and row; destructive commands ask first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
-import harness
 from pyapp import cli, migrate
 from pyapp.config import Database
 
@@ -17,18 +16,14 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def installed(pg_server: harness.Server) -> Iterator[Database]:
+def installed(new_database: Callable[[], Database]) -> Database:
     """A database with usersync installed, a mapping, two pairs and a plain contact."""
-    name = pg_server.next_dbname("t")
-    janitor = pg_server.janitor(name)
-    janitor.init()
-    db = Database(pg_server.conninfo(name), "lifecycle test")
+    db = new_database()
     migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         conn.execute("insert into users (login, first_name, sync_to_contact) values ('a', 'A', true), ('b', 'B', true)")
         conn.execute("insert into contacts (first_name) values ('plain')")
-    yield db
-    janitor.drop()
+    return db
 
 
 def _application_data(db: Database) -> tuple:

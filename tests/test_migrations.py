@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
-import harness
 from pyapp import migrate, schema
 from pyapp.config import Database
 from schema_snapshot import snapshot
-
-
-@pytest.fixture
-def new_database(pg_server: harness.Server) -> Iterator[Callable[[], Database]]:
-    """Makes empty databases (no template, no test grants), dropped after the test."""
-    janitors = []
-
-    def make() -> Database:
-        name = pg_server.next_dbname("t")
-        janitors.append(pg_server.janitor(name))
-        janitors[-1].init()
-        return Database(pg_server.conninfo(name), "empty test database")
-
-    yield make
-    for janitor in janitors:
-        janitor.drop()
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
 from helpers import contact, mismatches, one, raises_sqlstate
 
-import harness
 from pyapp import migrate
 from pyapp.config import Database
 
@@ -23,11 +22,8 @@ STATE = """
 
 
 @pytest.fixture
-def released(pg_server: harness.Server) -> Iterator[Database]:
-    name = pg_server.next_dbname("t")
-    janitor = pg_server.janitor(name)
-    janitor.init()
-    db = Database(pg_server.conninfo(name), "upgrade test")
+def released(new_database: Callable[[], Database]) -> Database:
+    db = new_database()
     migrate.upgrade(db, "0002")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
@@ -38,8 +34,7 @@ def released(pg_server: harness.Server) -> Iterator[Database]:
         conn.execute("insert into contacts (first_name) values ('plain')")          # an ordinary contact
         conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
         conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
-    yield db
-    janitor.drop()
+    return db
 
 
 def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behaviour(released: Database):
