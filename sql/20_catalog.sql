@@ -117,6 +117,17 @@ begin
             lock table usersync.config_lock in exclusive mode nowait;
             return;
         exception when lock_not_available then
+            -- A holder of the lock waiting for one of ours is a deadlock PostgreSQL cannot see
+            -- (we are sleeping, not queued): break it as PostgreSQL would.
+            if exists (select from pg_catalog.pg_locks l
+                        where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
+                          and l.pid <> pg_catalog.pg_backend_pid()
+                          and pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(l.pid))) then
+                raise exception using errcode = 'deadlock_detected',
+                    message = 'usersync: deadlock between a configuration change and a running synchronization',
+                    detail = 'A session holding the configuration lock waits for a lock this transaction holds.',
+                    hint = 'Retry the configuration change.';
+            end if;
             if timeout is not null and pg_catalog.clock_timestamp() - started > timeout then
                 raise exception using errcode = 'lock_not_available',
                     message = 'usersync: a synchronization is running; the configuration change waited too long',

@@ -242,6 +242,7 @@ create or replace function usersync._g_on_users_insert()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     written bigint;
+    visible bigint;
 begin
     @TRY@
     if exists (select from new_rows n where n.@SW@) then
@@ -261,9 +262,13 @@ begin
             if written <> (select count(*) from new_rows n where n.@SW@) then
                 perform usersync._lost_write(@C_REL@, 'insert', (select count(*) from new_rows n where n.@SW@), written);
             end if;
-            select count(*) into written
+            -- (every new contact must be visible, or a policy could hide a changed value)
+            select count(*) filter (where not (@KEPT_CN@)), count(*) into written, visible
               from new_rows n join usersync.links l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
-             where n.@SW@ and not (@KEPT_CN@);
+             where n.@SW@;
+            if visible <> (select count(*) from new_rows n where n.@SW@) then
+                perform usersync._lost_write(@C_REL@, 'read', (select count(*) from new_rows n where n.@SW@), visible);
+            end if;
             if written > 0 then
                 perform usersync._lost_write(@C_REL@, 'keep', written, 0);
             end if;

@@ -73,6 +73,22 @@ begin
                 detail = 'Writes through the parent would not fire the engine''s triggers on the module table.',
                 hint = 'Keep the module table on its own.';
         end loop;
+        -- The engine's policy, as usersync._attach() made it (missing only while installing).
+        if exists (select from pg_catalog.pg_policy p where p.polrelid = m.relation and p.polname = 'usersync_engine'
+                      and not (p.polpermissive and p.polcmd = '*'
+                               and p.polroles = array[(select r.oid from pg_catalog.pg_roles r
+                                                        where r.rolname = 'usersync_engine')]::pg_catalog.oid[]
+                               and pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
+                               and pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) = 'true'))
+           or (not p_missing_triggers_allowed
+               and not exists (select from pg_catalog.pg_policy p
+                                where p.polrelid = m.relation and p.polname = 'usersync_engine')) then
+            raise exception using errcode = 'US005',
+                message = pg_catalog.format('policy usersync_engine on %s belongs to usersync and must stay as it is',
+                                            m.relation),
+                detail = 'It lets the engine see and write every row it synchronizes when row-level security is on.',
+                hint = 'Add policies of your own for other roles; to uninstall usersync: usersync uninstall.';
+        end if;
         -- Rules rewrite the engine's own writes (DO INSTEAD NOTHING would silently drop them).
         for t in select r.rulename from pg_catalog.pg_rewrite r
                   where r.ev_class = m.relation and r.rulename <> '_RETURN' loop
@@ -168,7 +184,9 @@ begin
     -- Columns: the mapping check at ddl_command_end names the mapping; nothing else to do here.
     -- Triggers are recognised by the function they call, whatever their name. A superuser may
     -- drop one (usersync._on_ddl_start recorded who issued the DROP).
-    if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d where d.object_type = 'trigger') then
+    -- Triggers, and indexes or constraints (a key's uniqueness may go with a spare unique index).
+    if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
+                where d.object_type in ('trigger', 'index', 'table constraint', 'policy')) then
         perform usersync._check_dependencies(
             p_missing_triggers_allowed => coalesce(pg_catalog.current_setting('usersync.ddl_by_superuser', true), '')
                                           = 'true');
@@ -178,6 +196,12 @@ $$;
 
 -- A rewrite of a module table (ALTER COLUMN ... TYPE ... USING, even to the same type) changes
 -- stored values without firing a trigger. Recorded here, checked at ddl_command_end.
+create table if not exists usersync.rewrites (
+    relation regclass not null,
+    xid      xid8 not null default pg_catalog.pg_current_xact_id()
+);
+comment on table usersync.rewrites is 'Module tables rewritten by the current DDL (usersync._on_table_rewrite); empty between commands';
+
 create or replace function usersync._on_table_rewrite()
 returns event_trigger
 language plpgsql
@@ -185,9 +209,10 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if exists (select from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid()) then
-        perform pg_catalog.set_config('usersync.rewritten', 'true', false);  -- read and cleared at ddl_command_end
-    end if;
+    -- Recorded in a table no other role can write (a setting could be cleared by the USING
+    -- expression of the very ALTER that rewrites); read and cleared at ddl_command_end.
+    insert into usersync.rewrites (relation)
+    select mo.relation from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid();
 end
 $$;
 
@@ -216,7 +241,6 @@ begin
             detail = 'A rewrite changes stored values without firing triggers; the links would no longer match.',
             hint = 'Change keys and switches with UPDATE (keys of linked rows cannot change), not with ALTER ... USING.';
     end if;
-    perform pg_catalog.set_config('usersync.rewritten', '', false);
 end
 $$;
 
@@ -227,6 +251,9 @@ security definer
 set search_path = pg_catalog, pg_temp
 set quote_all_identifiers = off
 as $$
+declare
+    rewritten boolean;
+    retyped boolean;
 begin
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
@@ -247,17 +274,27 @@ begin
                                 (select p.polrelid from pg_catalog.pg_policy p where p.oid = c.objid)
                           end
                        or (c.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
-                           and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))) then
+                           and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))
+                       or (c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                           and exists (select from pg_catalog.pg_attribute a
+                                        where a.attrelid = mo.relation and a.attnum > 0 and a.atttypid = c.objid))) then
         return;
     end if;
+    -- ALTER TYPE of a column's type (an enum value renamed): stored values read differently now.
+    retyped := exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
+                        where c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass);
+    with done as (delete from usersync.rewrites w where w.xid = pg_catalog.pg_current_xact_id() returning 1)
+    select exists (select from done) into rewritten;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
     -- triggers are being created, possibly one by one by usersync._attach().
     perform usersync._check_dependencies(p_missing_triggers_allowed => true);
     perform usersync._lock_config_exclusive();
-    if coalesce(pg_catalog.current_setting('usersync.rewritten', true), '') = 'true' then
+    if rewritten then
         perform usersync._check_rewrite();
+    end if;
+    if rewritten or retyped then
         perform usersync._generate();
-        perform usersync._g_sync_users(null);  -- the rewrite changed values behind the triggers
+        perform usersync._g_sync_users(null);  -- values changed behind the triggers
         return;
     end if;
     perform usersync._generate();
@@ -298,7 +335,7 @@ begin
         end if;
         if (current_user = 'usersync_engine' or c.owner = engine)
            and c.classid is distinct from 'pg_catalog.pg_proc'::pg_catalog.regclass
-           and c.command_tag not in ('GRANT', 'REVOKE') then  -- the engine revokes PUBLIC from its functions
+           and c.command_tag <> 'REVOKE' then  -- the engine revokes PUBLIC from its functions; it grants nothing
             raise exception using errcode = 'US005',
                 message = pg_catalog.format('usersync_engine may own functions only, not %s (%s)', c.object_identity,
                                             c.command_tag),
@@ -324,9 +361,10 @@ create event trigger usersync_guard_rewrite on table_rewrite
     execute function usersync._on_table_rewrite();
 
 drop event trigger if exists usersync_guard_alter;
+-- No tag filter: ALTER VIEW / MATERIALIZED VIEW / FOREIGN TABLE ... RENAME COLUMN work on a
+-- plain table too, and ALTER TYPE changes what stored values read as. The function tells which
+-- commands concern a module.
 create event trigger usersync_guard_alter on ddl_command_end
-    when tag in ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'CREATE INDEX', 'ALTER INDEX',
-                 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'ALTER SCHEMA')
     execute function usersync._on_ddl_end();
 
 drop event trigger if exists usersync_guard_engine;

@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "20fa287362d5036af90cd1da4f6754e745d0310128b4200887df1b393e8e7514"
+SHA256 = "1fbdac8645ea7273695776de669f6d4264d49edc1d53e61369817c2f1eab7b11"
 
 
 def upgrade() -> None:
