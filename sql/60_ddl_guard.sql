@@ -182,9 +182,9 @@ begin
             hint = 'To uninstall usersync: usersync uninstall.';
     end loop;
     -- Columns: the mapping check at ddl_command_end names the mapping; nothing else to do here.
-    -- Triggers are recognised by the function they call, whatever their name. A superuser may
-    -- drop one (usersync._on_ddl_start recorded who issued the DROP).
-    -- Triggers, and indexes or constraints (a key's uniqueness may go with a spare unique index).
+    -- Triggers (recognised by the function they call, whatever their name; a superuser may drop
+    -- one: usersync._on_ddl_start recorded who issued the DROP), and indexes or constraints (a
+    -- key's uniqueness may go with a spare unique index): check what is left.
     if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
                 where d.object_type in ('trigger', 'index', 'table constraint', 'policy')) then
         perform usersync._check_dependencies(

@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "1fbdac8645ea7273695776de669f6d4264d49edc1d53e61369817c2f1eab7b11"
+SHA256 = "01113a171e3fed094b6f684454797c2a526696ccc9b88668bc7e132c1b564011"
 
 
 def upgrade() -> None:
