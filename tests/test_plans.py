@@ -81,3 +81,26 @@ def test_one_row_updates_after_a_bulk_update_scan_no_table_whole(conn: psycopg.C
         for i in range(3, 8):
             conn.execute("update users set first_name = 'one' where id = %s", [i])
         assert seq_scans() == before
+
+
+def test_resync_batches_read_only_their_rows_without_statistics_and_after_many_batches(conn: psycopg.Connection):
+    """Freshly loaded users, no ANALYZE: a batch must still probe indexes for its own ids, on its
+    first call and after PostgreSQL's plan cache switched to a generic plan (after five). Read
+    from the transaction's statistics; 0.1 read every table whole in each of the first batches."""
+    conn.execute("insert into users (login, first_name, sync_to_contact)"
+                 " select 'u' || g, 'F' || g, true from generate_series(1, 6000) g")
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+
+    def seq_reads() -> int:
+        row = conn.execute("select coalesce(sum(seq_tup_read), 0) from pg_stat_xact_user_tables"
+                           " where relname in ('links', 'contacts', 'users')").fetchone()
+        return int(row[0]) if row else 0
+
+    with conn.transaction():
+        conn.execute("select * from usersync.resync_step(500)")  # starts the run: counts its pairs once
+        reads = []
+        for _ in range(11):
+            before = seq_reads()
+            conn.execute("select * from usersync.resync_step(500)")
+            reads.append(seq_reads() - before)
+    assert reads == [0] * 11

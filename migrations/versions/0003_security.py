@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "01113a171e3fed094b6f684454797c2a526696ccc9b88668bc7e132c1b564011"
+SHA256 = "0be9a934bdf35d838181184745dc7f6e5687ff948d80d3fac496e14437efed41"
 
 
 def upgrade() -> None:

@@ -1184,7 +1184,12 @@ $tpl$),
 
 ('_g_refresh(bigint[])', $tpl$
 create or replace function usersync._g_refresh(p_user_ids bigint[], out synced bigint, out changed bigint)
-language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
+language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@
+-- A batch touches its own rows only: index probes from the id array, whatever the statistics say
+-- (just loaded, no ANALYZE: a custom plan read every table whole for each batch) and whatever
+-- plan the cache settled on after five calls. Every table it reads has the index it needs.
+set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off
+as $body$
 declare
     n bigint;
     expected bigint;
