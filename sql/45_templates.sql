@@ -208,7 +208,7 @@ begin
          where not exists (select from @U@ u where u.@UK@ = x.id);
         if unknown is not null then
             raise exception using errcode = 'US006',
-                message = pg_catalog.format('unknown user id(s): %s', pg_catalog.array_to_string(unknown, ', ')),
+                message = pg_catalog.format('unknown user id(s): %s', pg_catalog.array_to_string(unknown, ', ', 'NULL')),
                 hint = 'Pass ids of existing users, or NULL for every user whose switch is on.';
         end if;
     end if;

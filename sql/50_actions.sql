@@ -151,8 +151,14 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     l usersync.links;
+    m usersync.modules;
     linked boolean := false;
+    found_user boolean;
 begin
+    if set_sync_source.user_id is null then
+        raise exception using errcode = 'US006', message = 'the user id is NULL',
+            hint = 'Pass the id of a user whose synchronization is on.';
+    end if;
     if set_sync_source.source is null or set_sync_source.source not in ('user', 'contact') then
         raise exception using errcode = 'US006',
             message = pg_catalog.format('invalid synchronization source %L', set_sync_source.source),
@@ -173,6 +179,14 @@ begin
         end if;
     end loop;
     if not linked then
+        select * into m from usersync.modules where module = 'users';
+        execute pg_catalog.format('select exists (select from %s u where u.%I = $1)', m.relation, m.key_column)
+          into found_user using set_sync_source.user_id;
+        if not found_user then
+            raise exception using errcode = 'US006',
+                message = pg_catalog.format('user %s does not exist', set_sync_source.user_id),
+                hint = pg_catalog.format('Pass the id of an existing user of %s.', m.relation);
+        end if;
         raise exception using errcode = 'US006',
             message = pg_catalog.format('user %s has no synchronized contact', set_sync_source.user_id),
             hint = 'Switch "Synchronize user to contact module" on for the user first.';

@@ -169,8 +169,18 @@ def test_set_sync_source_rejects_bad_input(admin_conn, conn, pair):
     uid, _ = pair
     with raises_sqlstate("US006"):
         admin_conn.execute("select usersync.set_sync_source(%s, 'sideways')", [uid])
-    with raises_sqlstate("US006"):
+    with raises_sqlstate("US006", match=f"user {uid + 1000} does not exist"):
         admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid + 1000])
+    with raises_sqlstate("US006", match="the user id is NULL"):
+        admin_conn.execute("select usersync.set_sync_source(null, 'contact')")
+    off = add_user(conn, "off", sync=False)
+    with raises_sqlstate("US006", match=f"user {off} has no synchronized contact"):
+        admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [off])
+
+
+def test_sync_users_names_a_null_id_among_the_unknown(admin_conn, pair):
+    with raises_sqlstate("US006", match="unknown user id(s): NULL"):
+        admin_conn.execute("select usersync.sync_users(array[null, %s]::bigint[])", [pair[0]])
 
 
 def test_a_reversed_pair_casts_text_into_a_date_field_and_names_a_bad_value(conn, admin_conn):

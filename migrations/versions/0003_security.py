@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "0be9a934bdf35d838181184745dc7f6e5687ff948d80d3fac496e14437efed41"
+SHA256 = "4c742cbf87ac9531cbf3e9b83dee4500c39b3605ee741c99638926a132c25fe3"
 
 
 def upgrade() -> None:
