@@ -1,29 +1,61 @@
 """The `usersync` command line: a thin shell over pyapp.admin (the engine does the work).
 
 Exit codes: 0 success; 1 a failure the user can fix (the server's message and hint are printed,
-never a traceback); 2 a usage error.
+never a traceback); 2 a usage error; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import psycopg
+import sqlalchemy.exc
 import typer
+from alembic.script.revision import ResolutionError, RevisionError
+from alembic.util import CommandError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
-from pyapp import admin, config, errors, migrate, progress, server
+from pyapp import __version__, admin, config, errors, migrate, progress, server
+from pyapp.progress import count
+
+
+class UsersyncGroup(TyperGroup):
+    """Ctrl-C and a reader that went away (`| head`) end a command quietly, never in a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            silence_stdout()
+            raise typer.Exit(0) from None
+
+
+def silence_stdout() -> None:
+    """Send what is left of the output to /dev/null: the reader (head, less) has gone."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (a test runner's buffer)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 app = typer.Typer(
+    cls=UsersyncGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="usersync: keeps the Contacts module synchronized from the Users module, inside PostgreSQL.",
 )
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (Alembic).")
@@ -33,51 +65,158 @@ app.add_typer(db_app, name="db")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(settings_app, name="settings")
 
-out = Console()
+PIPED_WIDTH = 100_000
+
+
+class Output(Console):
+    """Standard output. Piped or redirected, it has no width to fit: lines and table cells are never
+    wrapped or cut. A reader that stops reading (`usersync status | head -1`) is not an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not self.is_terminal:
+            self.width = PIPED_WIDTH
+
+    def on_broken_pipe(self) -> None:  # Rich's default exits 1
+        self.quiet = True
+        silence_stdout()
+        raise typer.Exit(0)
+
+
+out = Output()  # made again for each invocation (main_options): stdout may have changed
 err = Console(stderr=True, soft_wrap=True)  # messages stay on one line, for grep and logs
+
+
+def check_database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise typer.BadParameter("is empty: give a postgresql:// URL, or leave the option out "
+                                 f"to use ${config.ENV_VAR} or the embedded server")
+    try:
+        config.to_conninfo(value)
+    except (config.UnsupportedDatabaseUrl, psycopg.ProgrammingError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="postgresql://… (default: $DATABASE_URL, else the embedded local server)"),
+    typer.Option("--database-url", callback=check_database_url,
+                 help="postgresql://… (default: $DATABASE_URL, else the embedded local server)"),
 ]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 Yes = Annotated[bool, typer.Option("--yes", help="do not ask for confirmation (for scripts)")]
 
 
+root_database_url: str | None = None  # `usersync --database-url URL COMMAND`, set by main_options
+
+
+def show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"usersync {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    database_url: DatabaseUrl = None,
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    global out, root_database_url
+    out = Output()
+    root_database_url = database_url
+
+
+def resolve(database_url: str | None) -> config.Database:
+    """The command's --database-url, else the one given before the command, else the default."""
+    return config.resolve(database_url or root_database_url)
+
+
+# The engine's hints name SQL; where the CLI has a command for it, the CLI names the command.
+CLI_HINTS = [
+    (r"SELECT field FROM usersync\.metadata_fields WHERE module = '[^']*'", "usersync fields"),
+    (r"UPDATE usersync\.field_mapping SET contact_field = \.\.\. WHERE user_field = '([^']*)'",
+     r"usersync mapping set \1 CONTACT_FIELD"),
+    (r"DELETE FROM usersync\.field_mapping WHERE user_field = '([^']*)'", r"usersync mapping remove \1"),
+    (r"(?:SELECT )?usersync\.set_sync_source\((\w+), 'user'\)", r"usersync direction \1 user"),
+    (r"\(usersync\.field_mapping\)", "(usersync mapping set)"),
+    (r"DROP SCHEMA usersync CASCADE", "usersync uninstall"),
+]
+
+
+def cli_hint(hint: str) -> str:
+    for pattern, replacement in CLI_HINTS:
+        hint = re.sub(pattern, replacement, hint)
+    return hint
+
+
+def fail(message: str, *, sqlstate: str | None = None, detail: str | None = None, hint: str | None = None,
+         code: int = 1) -> NoReturn:
+    err.print(f"[red]error{f' {sqlstate}' if sqlstate else ''}:[/red] {message}", highlight=False)
+    if detail:
+        err.print(f"[dim]detail:[/dim] {detail}", highlight=False)
+    if hint:
+        err.print(f"[yellow]hint:[/yellow] {cli_hint(hint)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def driver_error(exc: BaseException) -> psycopg.Error | None:
+    """The psycopg error, also from inside SQLAlchemy's wrapper (Alembic's connection)."""
+    error = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    return error if isinstance(error, psycopg.Error) else None
+
+
+NOT_UP_TO_DATE = ("usersync is missing objects this CLI uses: see `usersync db current`, "
+                  "then install or upgrade with `usersync db upgrade`")
+
+
 @contextmanager
 def failures() -> Iterator[None]:
-    """Turn the errors a user can act on into a message and exit code 1."""
+    """Turn the errors a user can act on into a message and exit code 1 (2 for a DATABASE_URL that is
+    not PostgreSQL's)."""
     try:
         yield
     except typer.Exit:
         raise
     except errors.UsersyncError as exc:
-        code = f" {exc.sqlstate}" if exc.sqlstate else ""
-        err.print(f"[red]error{code}:[/red] {exc.message}", highlight=False)
-        if exc.detail:
-            err.print(f"[dim]detail:[/dim] {exc.detail}", highlight=False)
-        if exc.hint:
-            err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
-        raise typer.Exit(1) from exc
+        fail(exc.message, sqlstate=exc.sqlstate, detail=exc.detail, hint=exc.hint)
+    except config.UnsupportedDatabaseUrl as exc:
+        fail(f"{config.ENV_VAR}: {exc}", code=2)
     except psycopg.OperationalError as exc:
         err.print(f"[red]cannot reach the database:[/red] {str(exc).strip()}", highlight=False)
         raise typer.Exit(1) from exc
-    except psycopg.Error as exc:
-        diag = exc.diag
-        err.print(f"[red]error {exc.sqlstate or ''}:[/red] {diag.message_primary or exc}", highlight=False)
-        if diag.message_hint:
-            err.print(f"[yellow]hint:[/yellow] {diag.message_hint}", highlight=False)
-        raise typer.Exit(1) from exc
+    except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
+        error = driver_error(exc)
+        if error is None:
+            raise
+        hint = error.diag.message_hint
+        if error.sqlstate in ("42P01", "42883") and not hint:  # undefined table or function
+            hint = NOT_UP_TO_DATE
+        fail(error.diag.message_primary or str(error), sqlstate=error.sqlstate, hint=hint)
+    except (CommandError, RevisionError) as exc:
+        unknown = exc if isinstance(exc, ResolutionError) else exc.__cause__
+        fail(f"unknown revision {unknown.argument!r}" if isinstance(unknown, ResolutionError) else str(exc),
+             hint=f"the known revisions are {', '.join(migrate.revisions())} (oldest first); "
+                  "head, base and relative steps such as -1 work too")
     except (LookupError, server.EmbeddedServerUnavailable) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+        fail(str(exc))
+
+
+def require_installed(conn: psycopg.Connection, db: config.Database) -> None:
+    row = conn.execute("select to_regnamespace('usersync') is not null as installed").fetchone()
+    if not (row and row["installed"]):
+        raise errors.UsersyncError(f"usersync is not installed in {db.describe()}",
+                                   hint="install it with: usersync db upgrade (as a superuser)")
 
 
 @contextmanager
 def connection(database_url: str | None) -> Iterator[psycopg.Connection]:
     with failures():
-        db = config.resolve(database_url)
+        db = resolve(database_url)
         with admin.connect(db) as conn:
+            require_installed(conn, db)
             yield conn
 
 
@@ -89,17 +228,28 @@ def confirm(action: str, loses: dict[str, int], yes: bool) -> None:
     """A destructive action asks on a terminal; without one it needs --yes (exit 2)."""
     if yes:
         return
-    what = ", ".join(f"{n} {name}" for name, n in loses.items()) or "the engine"
+    what = ", ".join(count(n, name.removesuffix("s"), name) for name, n in loses.items()) or "the engine"
     if not interactive():
         err.print(f"[red]refusing to {action} without --yes:[/red] it would remove {what}", highlight=False)
         raise typer.Exit(2)
-    if not typer.confirm(f"{action} removes {what}. Continue?", default=False):
+    try:
+        agreed = typer.confirm(f"{action} removes {what}. Continue?", default=False)
+    except typer.Abort as exc:  # Ctrl-C or end of input at the prompt
+        err.print("nothing changed")
+        raise typer.Exit(130 if isinstance(exc.__context__, KeyboardInterrupt) else 1) from None
+    if not agreed:
         err.print("nothing changed")
         raise typer.Exit(1)
 
 
+def json_value(value: Any) -> Any:
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
+    sys.stdout.write(json.dumps(data, default=json_value, indent=2) + "\n")
 
 
 def table(title: str | None, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
@@ -121,14 +271,28 @@ def db_upgrade(
     sql: Annotated[bool, typer.Option("--sql", help="print the SQL instead of running it (for psql)")] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Apply migrations up to REVISION (default: head)."""
-    if sql:
-        sys.stdout.write(migrate.upgrade_sql(revision))
-        return
+    """Apply migrations up to REVISION (default: head). Installing and upgrading need a superuser."""
     with failures():
-        db = config.resolve(database_url)
-        migrate.upgrade(db, revision)
+        if sql:
+            sys.stdout.write(migrate.upgrade_sql(revision))
+            return
+        db = resolve(database_url)
+        try:
+            migrate.upgrade(db, revision)
+        except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
+            error = driver_error(exc)
+            if error is not None and error.sqlstate == "42501" and not is_superuser(db):
+                fail("installing or upgrading usersync needs a superuser: it creates the roles usersync_engine "
+                     "and usersync_admin and event triggers", detail=error.diag.message_primary,
+                     hint="connect as a superuser (such as postgres), or print the script with "
+                          "`usersync db upgrade --sql` for a superuser to run with psql")
+            raise
         err.print(f"upgraded {db.describe()} to {migrate.current(db)}")
+
+
+def is_superuser(db: config.Database) -> bool:
+    with psycopg.connect(db.conninfo) as conn:
+        return conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (True,)
 
 
 # ignore_unknown_options: a relative revision such as -1 is an argument, not an option.
@@ -141,7 +305,10 @@ def db_downgrade(
     """Revert migrations down to REVISION. Application tables and rows are never removed; a
     downgrade that removes usersync's configuration asks first."""
     with failures():
-        db = config.resolve(database_url)
+        db = resolve(database_url)
+        if migrate.current(db) is None:
+            fail(f"usersync is not installed in {db.describe()}: nothing to downgrade",
+                 hint="install it with: usersync db upgrade (as a superuser)")
         if migrate.downgrade_loses_configuration(db, revision):
             confirm(f"downgrading to {revision}", migrate.configuration(db), yes)
         migrate.downgrade(db, revision)
@@ -152,7 +319,13 @@ def db_downgrade(
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Print the revision the database is at ('base' when none)."""
     with failures():
-        out.print(migrate.current(config.resolve(database_url)) or "base")
+        try:
+            revision = migrate.current(resolve(database_url))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            fail(f"cannot read the installed revision: {exc.diag.message_primary}", sqlstate=exc.sqlstate,
+                 hint=f"the revision is in public.{migrate.VERSION_TABLE}, which the role that installed usersync "
+                      "(a superuser) can read: run `usersync db current` as that role")
+        out.print(revision or "base")
 
 
 @app.command("uninstall")
@@ -160,7 +333,12 @@ def uninstall(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
     """Remove usersync from the database: its schema, triggers, policy, grants and version table.
     Every application table, column and row stays."""
     with failures():
-        db = config.resolve(database_url)
+        db = resolve(database_url)
+        with psycopg.connect(db.conninfo) as conn:
+            installed = conn.execute("select to_regnamespace('usersync') is not null"
+                                     f" or to_regclass('public.{migrate.VERSION_TABLE}') is not null").fetchone()
+        if installed != (True,):
+            fail(f"usersync is not installed in {db.describe()}: nothing to remove")
         confirm("uninstalling usersync", migrate.configuration(db), yes)
         migrate.uninstall(db)
         err.print(f"usersync removed from {db.describe()}; reinstall with: usersync db upgrade")
@@ -247,19 +425,23 @@ def mapping_remove(user_field: str, database_url: DatabaseUrl = None) -> None:
 
 
 @mapping_app.command("clear")
-def mapping_clear(database_url: DatabaseUrl = None) -> None:
-    """Delete every mapping."""
+def mapping_clear(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
+    """Delete every mapping (asks first)."""
     with connection(database_url) as conn:
+        if mapped := len(admin.mapping(conn)):
+            confirm("clearing the mapping", {"mapping rows": mapped}, yes)
         n = admin.clear_mapping(conn)
-    err.print(f"removed {n} mappings")
+    err.print(f"removed {count(n, 'mapping')}")
 
 
 @mapping_app.command("reset")
-def mapping_reset(database_url: DatabaseUrl = None) -> None:
-    """Restore the default: every field both modules have."""
+def mapping_reset(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
+    """Restore the default: every field both modules have (asks first)."""
     with connection(database_url) as conn:
+        if mapped := len(admin.mapping(conn)):
+            confirm("resetting the mapping to the default", {"mapping rows": mapped}, yes)
         n = admin.reset_mapping(conn)
-    err.print(f"restored the default mapping ({n} fields)")
+    err.print(f"restored the default mapping ({count(n, 'field')})")
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -310,7 +492,7 @@ def sync(
     if as_json:
         emit_json({"synced": n})
     else:
-        out.print(f"synchronized {n} users")
+        out.print(f"synchronized {count(n, 'user')}")
 
 
 @app.command("resync")
@@ -328,7 +510,7 @@ def resync(
             if as_json:
                 emit_json(preview)
                 return
-            out.print(f"{preview['would_change']} of {preview['pairs']} synchronized contacts would change, "
+            out.print(f"{preview['would_change']} of {count(preview['pairs'], 'synchronized contact')} would change, "
                       f"{preview['would_fail']} would fail ({preview['stale']} stale); nothing was changed.")
             failing = [c for c in preview["changes"] if "error" in c]
             changing = [c for c in preview["changes"] if "error" not in c]
@@ -344,14 +526,14 @@ def resync(
     if as_json:
         emit_json(report.as_dict())
     else:
-        out.print(f"synced {report.synced} of {report.total} pairs: {report.changed} changed, "
+        out.print(f"synced {report.synced} of {count(report.total, 'pair')}: {report.changed} changed, "
                   f"{report.unchanged} unchanged, {report.failed} failed")
         for f in report.failures:
             out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
                       f"{f['sqlstate']} {f['message']}", markup=False, highlight=False)
-    if not report.done:
+    if not report.done:  # Ctrl-C: the batch in flight committed, the run stopped there
         err.print("[yellow]stopped after the current batch: run `usersync resync` again to continue[/yellow]")
-        raise typer.Exit(1)
+        raise typer.Exit(130)
 
 
 @app.command("direction")
@@ -372,7 +554,7 @@ def demo(database_url: DatabaseUrl = None) -> None:
     from pyapp import demo as demo_module
 
     with failures():
-        demo_module.run(database_url, out)
+        demo_module.run(database_url or root_database_url, out)
 
 
 def main() -> None:

@@ -14,6 +14,11 @@ from urllib.parse import quote
 import psycopg.conninfo
 
 ENV_VAR = "DATABASE_URL"
+SCHEMES = ("postgresql", "postgres")
+
+
+class UnsupportedDatabaseUrl(ValueError):
+    """A URL for another database system (mysql://, sqlite://, …): usersync needs PostgreSQL."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ def to_conninfo(url: str) -> str:
     if sep and "+" in scheme:  # SQLAlchemy dialect+driver form
         scheme = scheme.split("+", 1)[0]
         url = f"{scheme}://{rest}"
+    if sep and scheme.isalnum() and scheme not in SCHEMES:
+        raise UnsupportedDatabaseUrl(
+            f"unsupported scheme {scheme + '://'!r}: usersync runs on PostgreSQL (postgresql://…)")
     if sep and scheme == "postgres":
         url = f"postgresql://{rest}"
     # Validates the string and raises psycopg.ProgrammingError with libpq's message when it is not one.

@@ -44,6 +44,14 @@ def _refuse_if_in_use(db: config.Database) -> None:
                          "to use the embedded server.")
 
 
+def heading(console: Console, title: str) -> None:
+    """A rule across a terminal; piped (no width to fill), a plain line."""
+    if console.is_terminal:
+        console.rule(title, align="left")
+    else:
+        console.print(f"── {title}", highlight=False)
+
+
 class Story:
     def __init__(self, conn: psycopg.Connection, console: Console) -> None:
         self.conn = conn
@@ -53,7 +61,7 @@ class Story:
     def step(self, title: str, text: str = "") -> None:
         self.step_no += 1
         self.console.print()
-        self.console.rule(f"[bold]{self.step_no}. {title}[/bold]", align="left")
+        heading(self.console, f"[bold]{self.step_no}. {title}[/bold]")
         if text:
             self.console.print(text)
 
@@ -90,7 +98,7 @@ CONTACTS = "select c.id, c.title, c.first_name, c.last_name, c.email, c.phone,\n
 
 def run(database_url: str | None, console: Console) -> None:
     db = _demo_database(database_url)
-    console.rule(f"usersync demo on {db.describe()}")
+    heading(console, f"usersync demo on {db.describe()}")
     migrate.upgrade(db)
     with admin.connect(db) as conn:
         version = conn.execute("show server_version").fetchone()
@@ -125,8 +133,9 @@ values ('ada', 'Ada', 'Lovelace', 'Countess', 'ada@example.org', '+44 1', true),
 
         s.step("\"Update all synchronized users\"")
         report = progress.run_resync(conn, 1, console, console)
-        console.print(f"resync: {report.synced} pairs synced in {report.batches} batches, "
-                      f"{report.changed} changed, {report.failed} failed")
+        console.print(f"resync: {progress.count(report.synced, 'pair')} synced in "
+                      f"{progress.count(report.batches, 'batch', 'batches')}, {report.changed} changed, "
+                      f"{report.failed} failed")
         s.show(CONTACTS)
 
         s.step("Reverse the direction for Alan: the contact becomes the data source")

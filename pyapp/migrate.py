@@ -117,6 +117,14 @@ def downgrade_loses_configuration(db: Database, revision: str) -> bool:
     return bool(LOSES_CONFIGURATION.intersection(passed))
 
 
+def revisions() -> list[str]:
+    """The known revisions, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(None))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
 def current(db: Database) -> str | None:
     import psycopg
 

@@ -20,6 +20,11 @@ from pyapp import admin
 after_batch: Callable[[], None] = lambda: None  # noqa: E731
 
 
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """ "1 user", "2 users" (``plural`` for the irregular ones: "batches")."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 def run_resync(conn: psycopg.Connection, batch_size: int, out: Console, err: Console, *,
                quiet: bool = False) -> admin.ResyncReport:
     stop = {"requested": False}
@@ -33,7 +38,7 @@ def run_resync(conn: psycopg.Connection, batch_size: int, out: Console, err: Con
         if quiet or not out.is_terminal:
             def line(r: admin.ResyncReport) -> None:
                 if not quiet:
-                    out.print(f"batch {r.batches}: {r.synced + r.failed}/{r.total} pairs, {r.failed} failed",
+                    out.print(f"batch {r.batches}: {r.synced + r.failed}/{count(r.total, 'pair')}, {r.failed} failed",
                               highlight=False)
                 after_batch()
             return admin.resync_all(conn, batch_size, progress=line, should_stop=lambda: stop["requested"])

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import add_user, one
 from typer.testing import CliRunner
 
-from pyapp import cli, progress
+import pyapp
+from pyapp import admin, cli, progress
 
 runner = CliRunner()
 
@@ -58,9 +63,9 @@ def test_mapping_show_set_remove_clear_reset(run):
     assert {("academic_title", "title"), ("department", "company")} <= mapped
     assert ("department", "department") not in mapped
     run("mapping", "remove", "phone")
-    run("mapping", "clear")
+    run("mapping", "clear", "--yes")
     assert as_json(run("mapping", "show", "--json"))["mapped"] == []
-    run("mapping", "reset")
+    run("mapping", "reset", "--yes")
     assert len(as_json(run("mapping", "show", "--json"))["mapped"]) == 7
 
 
@@ -114,7 +119,7 @@ def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_continues(run, conn, m
     conn.execute("insert into users (login, sync_to_contact) select 'u' || g, true from generate_series(1, 10) g")
     run("mapping", "set", "academic_title", "title")
     monkeypatch.setattr(progress, "after_batch", lambda: signal.raise_signal(signal.SIGINT))
-    result = run("resync", "--batch-size", "4", code=1)
+    result = run("resync", "--batch-size", "4", code=130)
     assert "run `usersync resync` again" in result.stderr
     assert one(conn, "select synced, finished_at is null from usersync.resync_state") == (4, True)
     monkeypatch.setattr(progress, "after_batch", lambda: None)
@@ -128,7 +133,7 @@ def test_direction_reverses_and_restores_and_rejects_bad_input(run, conn):
     assert one(conn, "select source from usersync.links where user_id = %s", [uid]) == "contact"
     run("direction", str(uid), "user")
     assert "US006" in run("direction", str(uid), "sideways", code=1).stderr
-    assert "has no synchronized contact" in run("direction", "999", "contact", code=1).stderr
+    assert "user 999 does not exist" in run("direction", "999", "contact", code=1).stderr
 
 
 def test_an_unreachable_server_is_a_clear_error_not_a_traceback():
@@ -143,3 +148,107 @@ def test_usage_errors_exit_2():
     assert runner.invoke(cli.app, ["mapping", "set", "only_one_arg"]).exit_code == 2
     assert runner.invoke(cli.app, ["resync", "--batch-size", "0"]).exit_code == 2
     assert runner.invoke(cli.app, ["no-such-command"]).exit_code == 2
+
+
+def test_db_current_without_access_to_the_version_table_is_a_message(run):
+    result = run("db", "current", code=1)
+    assert "cannot read the installed revision" in result.stderr and "superuser" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_database_url_goes_before_or_after_the_command(admin_url):
+    for args in (["--database-url", admin_url, "status", "--json"], ["status", "--json", "--database-url", admin_url],
+                 ["--database-url", admin_url, "mapping", "show", "--json"]):
+        result = runner.invoke(cli.app, args, env={"DATABASE_URL": None})
+        assert result.exit_code == 0, (args, result.output)
+        assert json.loads(result.stdout)
+
+
+def test_version_and_h_for_help_everywhere():
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"usersync {pyapp.__version__}\n"
+    for args in (["-h"], ["status", "-h"], ["db", "-h"], ["db", "upgrade", "-h"], ["db", "downgrade", "-h"],
+                 ["mapping", "clear", "-h"]):
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code == 0 and "Usage:" in result.stdout, (args, result.output)
+
+
+def test_json_output_is_real_json(run, conn):
+    add_user(conn, "a")
+    run("resync")
+    st = as_json(run("status", "--json"))
+    assert st["settings"]["delete_contact_with_user"] is False and isinstance(st["pairs"], int)
+    assert "T" in st["last_resync"]["started_at"]  # ISO 8601, as JSON consumers parse dates
+    for args in (["status"], ["fields"], ["mapping", "show"], ["settings", "show"], ["sync"], ["resync", "--dry-run"]):
+        text = run(*args, "--json").stdout
+        assert "<bool>" not in text and json.loads(text) is not None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())  # Typer's error panel wraps at its width
+
+
+def test_an_empty_or_foreign_database_url_is_a_usage_error():
+    for args in (["status", "--database-url", ""], ["--database-url", "", "status"],
+                 ["db", "current", "--database-url", " "]):
+        result = runner.invoke(cli.app, args, env={"DATABASE_URL": None})
+        assert result.exit_code == 2 and "is empty" in _one_line(result.stderr), (args, result.output)
+    result = runner.invoke(cli.app, ["status", "--database-url", "mysql://root@db/app"])
+    assert result.exit_code == 2 and "unsupported scheme 'mysql://'" in _one_line(result.stderr)
+    result = runner.invoke(cli.app, ["status"], env={"DATABASE_URL": "mysql://root@db/app"})
+    assert result.exit_code == 2 and "DATABASE_URL: unsupported scheme 'mysql://'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_piped_output_is_not_wrapped_or_cut_at_80_columns(run, conn):
+    label = "Department, " + "the organisational unit the person belongs to, " * 3
+    conn.execute(f"comment on column users.department is '{label}'")
+    assert label.strip() in run("fields").stdout
+
+
+def test_status_piped_to_head_exits_0_without_a_broken_pipe_error(admin_url):
+    usersync = Path(sys.executable).parent / "usersync"
+    command = f"{shlex.quote(str(usersync))} status --database-url {shlex.quote(admin_url)} | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "on PostgreSQL" in result.stdout
+
+
+def test_ctrl_c_anywhere_exits_130_with_a_short_message(run, monkeypatch):
+    def interrupted(conn):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(admin, "status", interrupted)
+    result = run("status", code=130)
+    assert result.stderr.strip() == "interrupted"
+
+
+def test_messages_count_in_the_singular_and_plural(run, conn):
+    uid = add_user(conn, "a")
+    assert run("sync", str(uid)).stdout == "synchronized 1 user\n"
+    add_user(conn, "b")
+    assert run("sync").stdout == "synchronized 2 users\n"
+    for m in as_json(run("mapping", "show", "--json"))["mapped"][1:]:
+        run("mapping", "remove", m["user_field"])
+    assert "removed 1 mapping\n" in run("mapping", "clear", "--yes").stderr
+
+
+def test_hints_name_the_cli_command_instead_of_sql(run):
+    result = run("mapping", "set", "no_such_field", "title", code=1)
+    assert "hint: Map one of the fields listed by: usersync fields" in result.stderr and "SELECT" not in result.stderr
+    result = run("mapping", "set", "academic_title", "first_name", code=1)
+    assert "usersync mapping remove first_name" in result.stderr and "DELETE" not in result.stderr
+
+
+def test_mapping_clear_and_reset_ask_on_a_terminal_and_need_yes_without_one(run, admin_url, monkeypatch):
+    mapped = len(as_json(run("mapping", "show", "--json"))["mapped"])
+    for command in ("clear", "reset"):
+        result = run("mapping", command, code=2)
+        assert "without --yes" in result.stderr and f"{mapped} mapping rows" in result.stderr
+    monkeypatch.setattr(cli, "interactive", lambda: True)
+    result = runner.invoke(cli.app, ["mapping", "clear"], input="n\n", env={"DATABASE_URL": admin_url})
+    assert result.exit_code == 1 and "Continue?" in result.output
+    assert len(as_json(run("mapping", "show", "--json"))["mapped"]) == mapped
+    result = runner.invoke(cli.app, ["mapping", "clear"], input="y\n", env={"DATABASE_URL": admin_url})
+    assert result.exit_code == 0, result.output
+    assert as_json(run("mapping", "show", "--json"))["mapped"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import psycopg.conninfo
 from typer.testing import CliRunner
 
 import harness
@@ -75,3 +76,37 @@ def test_alembic_upgrade_head_works_from_the_repository_root(pg_server: harness.
         assert migrate.current(db) is not None
     finally:
         janitor.drop()
+
+
+def test_every_command_on_a_database_without_usersync_says_it_is_not_installed(new_database):
+    url = new_database().conninfo
+    for args in (["status"], ["fields"], ["mapping", "show"], ["mapping", "clear", "--yes"], ["settings", "show"],
+                 ["sync"], ["resync"], ["direction", "1", "user"]):
+        result = runner.invoke(cli.app, [*args, "--database-url", url])
+        assert result.exit_code == 1, (args, result.output)
+        assert "usersync is not installed" in result.stderr and "usersync db upgrade" in result.stderr
+        assert "42P01" not in result.output and "does not exist" not in result.output
+    for args in (["uninstall", "--yes"], ["db", "downgrade", "base", "--yes"]):
+        result = runner.invoke(cli.app, [*args, "--database-url", url])
+        assert result.exit_code == 1 and "usersync is not installed" in result.stderr, (args, result.output)
+
+
+def test_db_upgrade_as_a_non_superuser_says_a_superuser_is_needed(pg_server: harness.Server, new_database):
+    dbname = psycopg.conninfo.conninfo_to_dict(new_database().conninfo)["dbname"]
+    url = pg_server.conninfo(dbname, user=harness.OWNER_ROLE, password=harness.ROLE_PASSWORD)
+    result = runner.invoke(cli.app, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 1, result.output
+    assert "needs a superuser" in result.stderr and "roles" in result.stderr and "event triggers" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_an_unknown_revision_is_named_and_the_known_ones_listed(new_database):
+    url = new_database().conninfo
+    for args in (["db", "upgrade", "0099", "--database-url", url], ["db", "upgrade", "0099", "--sql"]):
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "unknown revision '0099'" in result.stderr and ", ".join(migrate.revisions()) in result.stderr
+        assert "Traceback" not in result.output
+    runner.invoke(cli.app, ["db", "upgrade", "--database-url", url])
+    result = runner.invoke(cli.app, ["db", "downgrade", "0099", "--database-url", url])
+    assert result.exit_code == 1 and "unknown revision '0099'" in result.stderr, result.output
