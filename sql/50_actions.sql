@@ -39,6 +39,9 @@ returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_fa
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+-- The next batch's ids come from the links' primary key, a range after the cursor, whatever the
+-- statistics (see usersync._g_refresh); the cursor is a plain range so a generic plan keeps it.
+set enable_seqscan = off
 as $$
 #variable_conflict use_column
 declare
@@ -74,7 +77,7 @@ begin
     end if;
 
     ids := array(select l.user_id from usersync.links l
-                  where l.active and (st.after_user_id is null or l.user_id > st.after_user_id)
+                  where l.active and l.user_id > coalesce(st.after_user_id, -9223372036854775808)
                   order by l.user_id limit resync_step.batch_size);
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;

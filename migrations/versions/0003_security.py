@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "4c742cbf87ac9531cbf3e9b83dee4500c39b3605ee741c99638926a132c25fe3"
+SHA256 = "9f1cfcb96f4125c1a8f0886727edf70c6276080a629d096de5090a2a3a084846"
 
 
 def upgrade() -> None:
