@@ -497,7 +497,8 @@ def sync(
 
 @app.command("resync")
 def resync(
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="pairs per committed batch")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=2**31 - 1,  # the SQL takes an integer
+                                            help="pairs per committed batch")] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="change nothing; show what would change")] = False,
     database_url: DatabaseUrl = None,
     as_json: Json = False,

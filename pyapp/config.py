@@ -32,6 +32,11 @@ class Database:
     def sqlalchemy_url(self) -> str:
         return to_sqlalchemy_url(self.conninfo)
 
+    def shareable_conninfo(self) -> str:
+        """The conninfo without its password, for printing (psql asks for it, or reads ~/.pgpass)."""
+        params = {k: v for k, v in psycopg.conninfo.conninfo_to_dict(self.conninfo).items() if k != "password"}
+        return psycopg.conninfo.make_conninfo(**params)
+
     def describe(self) -> str:
         params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
         host = params.get("host") or "local socket"

@@ -155,4 +155,4 @@ values ('ada', 'Ada', 'Lovelace', 'Countess', 'ada@example.org', '+44 1', true),
         s.show(CONTACTS, "Grace's contact went with her")
 
     console.print()
-    console.print(f"Explore the same database with: [bold]psql '{db.conninfo}'[/bold]", highlight=False)
+    console.print(f"Explore the same database with: [bold]psql '{db.shareable_conninfo()}'[/bold]", highlight=False)

@@ -252,3 +252,9 @@ def test_mapping_clear_and_reset_ask_on_a_terminal_and_need_yes_without_one(run,
     result = runner.invoke(cli.app, ["mapping", "clear"], input="y\n", env={"DATABASE_URL": admin_url})
     assert result.exit_code == 0, result.output
     assert as_json(run("mapping", "show", "--json"))["mapped"] == []
+
+
+def test_a_batch_size_outside_the_integer_range_is_a_usage_error(run):
+    result = run("resync", "--batch-size", str(2**31), code=2)
+    assert "batch-size" in result.output and "42883" not in result.output
+

@@ -47,11 +47,13 @@ def test_db_upgrade_sql_prints_the_script_without_a_database():
 def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
     db, janitor = _fresh(pg_server)
     try:
-        result = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
+        with_password = psycopg.conninfo.make_conninfo(db.conninfo, password="s3cret-demo")  # trust ignores it
+        result = runner.invoke(cli.app, ["demo", "--database-url", with_password])
         assert result.exit_code == 0, result.output
         story = result.stdout
         for line in ("refused, US001", "refused, US002", "resync: 2 pairs synced", "Explore the same database"):
             assert line in story
+        assert "s3cret-demo" not in result.output  # the demo prints no password
         # A second run refuses: the database now holds data.
         again = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
         assert again.exit_code == 1 and "already holds data" in again.stderr
