@@ -50,6 +50,9 @@ create table if not exists usersync.mapping_state (
     -- once equal, that check costs nothing (no index on links.mapping_version is needed).
     synced_version bigint not null default 0
 );
+-- The mapping the current version stands for: a statement that leaves the mapping as it was
+-- (setting a field to the target it already has) is no change and bumps nothing.
+alter table usersync.mapping_state add column if not exists mapping jsonb;
 
 create table if not exists usersync.links (
     user_id         bigint primary key,

@@ -124,9 +124,16 @@ language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    current jsonb;
 begin
     perform usersync._lock_config_exclusive();
-    update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
+    current := (select coalesce(pg_catalog.jsonb_object_agg(m.user_field, m.contact_field), '{}')
+                  from usersync.field_mapping m);
+    if current = (select s.mapping from usersync.mapping_state s) then
+        return null;  -- the statement left the mapping as it was: no pair becomes stale
+    end if;
+    update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now(), mapping = current;
     -- With no pair at all, nothing can be stale.
     if not exists (select from usersync.links l where l.active) then
         update usersync.mapping_state set synced_version = version;
@@ -172,6 +179,13 @@ as $$
 declare
     n bigint;
 begin
+    -- Already the default: nothing to do (deleting and inserting it again would make every pair stale).
+    if not exists ((select m.user_field, m.contact_field from usersync.field_mapping m)
+                   except (select d.user_field, d.contact_field from usersync.default_field_mapping() d))
+       and not exists ((select d.user_field, d.contact_field from usersync.default_field_mapping() d)
+                       except (select m.user_field, m.contact_field from usersync.field_mapping m)) then
+        return (select count(*) from usersync.field_mapping);
+    end if;
     delete from usersync.field_mapping;
     insert into usersync.field_mapping (user_field, contact_field)
     select d.user_field, d.contact_field from usersync.default_field_mapping() d;

@@ -114,6 +114,11 @@ begin
         perform usersync.reset_field_mapping();
     else
         lock table usersync.config_lock in exclusive mode;
+        -- Installs from before 0.2 recorded no mapping with the version: it is the current one.
+        update usersync.mapping_state
+           set mapping = (select coalesce(pg_catalog.jsonb_object_agg(m.user_field, m.contact_field), '{}')
+                            from usersync.field_mapping m)
+         where mapping is null;
         perform usersync._generate();
         perform usersync._attach();
     end if;

@@ -130,3 +130,16 @@ def test_a_mapped_field_of_a_type_without_equality_syncs_both_ways(conn, app_con
     assert one(conn, "select prefs from users where id = %s", [uid]) == [3]
     admin_conn.execute("call usersync.resync_all()")
     assert one(conn, "select count(*) from usersync.sync_errors") == 0
+
+
+def test_setting_a_mapping_a_field_already_has_changes_nothing(conn, admin_conn, admin_url):
+    add_user(conn, "a")
+    version = one(conn, "select version from usersync.mapping_state")
+    admin_conn.execute("update usersync.field_mapping set contact_field = 'email' where user_field = 'email'")
+    admin_conn.execute("select usersync.reset_field_mapping()")  # it is the default already
+    result = CliRunner().invoke(cli.app, ["mapping", "set", "email", "email", "--database-url", admin_url])
+    assert result.exit_code == 0, result.output
+    assert one(conn, "select version from usersync.mapping_state") == version
+    assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts") is True
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    assert one(conn, "select version from usersync.mapping_state") == version + 1

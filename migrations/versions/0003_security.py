@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "9f1cfcb96f4125c1a8f0886727edf70c6276080a629d096de5090a2a3a084846"
+SHA256 = "67ca557fcd19c9515e57fab2c9ffab4513f607ccfc16046c262bdc203df7d6de"
 
 
 def upgrade() -> None:

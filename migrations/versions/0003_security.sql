@@ -146,6 +146,9 @@ create table if not exists usersync.mapping_state (
     -- once equal, that check costs nothing (no index on links.mapping_version is needed).
     synced_version bigint not null default 0
 );
+-- The mapping the current version stands for: a statement that leaves the mapping as it was
+-- (setting a field to the target it already has) is no change and bumps nothing.
+alter table usersync.mapping_state add column if not exists mapping jsonb;
 
 create table if not exists usersync.links (
     user_id         bigint primary key,
@@ -405,9 +408,16 @@ language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    current jsonb;
 begin
     perform usersync._lock_config_exclusive();
-    update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now();
+    current := (select coalesce(pg_catalog.jsonb_object_agg(m.user_field, m.contact_field), '{}')
+                  from usersync.field_mapping m);
+    if current = (select s.mapping from usersync.mapping_state s) then
+        return null;  -- the statement left the mapping as it was: no pair becomes stale
+    end if;
+    update usersync.mapping_state set version = version + 1, changed_at = pg_catalog.now(), mapping = current;
     -- With no pair at all, nothing can be stale.
     if not exists (select from usersync.links l where l.active) then
         update usersync.mapping_state set synced_version = version;
@@ -453,6 +463,13 @@ as $$
 declare
     n bigint;
 begin
+    -- Already the default: nothing to do (deleting and inserting it again would make every pair stale).
+    if not exists ((select m.user_field, m.contact_field from usersync.field_mapping m)
+                   except (select d.user_field, d.contact_field from usersync.default_field_mapping() d))
+       and not exists ((select d.user_field, d.contact_field from usersync.default_field_mapping() d)
+                       except (select m.user_field, m.contact_field from usersync.field_mapping m)) then
+        return (select count(*) from usersync.field_mapping);
+    end if;
     delete from usersync.field_mapping;
     insert into usersync.field_mapping (user_field, contact_field)
     select d.user_field, d.contact_field from usersync.default_field_mapping() d;
@@ -2987,6 +3004,11 @@ begin
         perform usersync.reset_field_mapping();
     else
         lock table usersync.config_lock in exclusive mode;
+        -- Installs from before 0.2 recorded no mapping with the version: it is the current one.
+        update usersync.mapping_state
+           set mapping = (select coalesce(pg_catalog.jsonb_object_agg(m.user_field, m.contact_field), '{}')
+                            from usersync.field_mapping m)
+         where mapping is null;
         perform usersync._generate();
         perform usersync._attach();
     end if;
