@@ -88,6 +88,12 @@ class KeyChangeRefused(UsersyncError):
     sqlstate = "US008"
 
 
+class ResyncInProgress(UsersyncError):
+    """US009: a resync run is in progress in another live session."""
+
+    sqlstate = "US009"
+
+
 class ValueDoesNotFit(UsersyncError):
     """A value its target column cannot hold (class 22/23), with user, contact and field named."""
 
@@ -95,7 +101,7 @@ class ValueDoesNotFit(UsersyncError):
 BY_SQLSTATE: dict[str, type[UsersyncError]] = {
     cls.sqlstate: cls
     for cls in (ContactReadOnly, UserReadOnly, InvalidMapping, UnsupportedOperation, SchemaDependency, InvalidArgument,
-                WriteSwallowed, KeyChangeRefused)
+                WriteSwallowed, KeyChangeRefused, ResyncInProgress)
 }
 
 

@@ -92,6 +92,9 @@ create table if not exists usersync.resync_state (
     failed          bigint not null default 0
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
+-- The session running the current run: a second run beside it is refused (US009) while that
+-- session lives; an interrupted run (its session gone) is resumed by whoever runs next.
+alter table usersync.resync_state add column if not exists owner_pid integer;
 
 -- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
 -- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.

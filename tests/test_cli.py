@@ -258,3 +258,11 @@ def test_a_batch_size_outside_the_integer_range_is_a_usage_error(run):
     result = run("resync", "--batch-size", str(2**31), code=2)
     assert "batch-size" in result.output and "42883" not in result.output
 
+
+
+def test_a_second_resync_beside_a_running_one_is_refused_not_restarted(run, conn, admin_conn):
+    conn.execute("insert into users (login, sync_to_contact) select 'u' || g, true from generate_series(1, 6) g")
+    admin_conn.execute("select * from usersync.resync_step(2)")  # a run in progress in another session
+    result = run("resync", code=1)
+    assert "US009" in result.stderr and "in progress in session" in result.stderr
+    assert one(conn, "select synced from usersync.resync_state") == 2  # not started over

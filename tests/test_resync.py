@@ -90,3 +90,22 @@ def test_a_mapping_change_between_batches_restarts_the_run(conn, admin_conn, use
     assert one(conn, "select synced, total from usersync.resync_state") == (25, 25)
     assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
     assert mismatches(conn) == []
+
+
+def test_a_second_run_beside_a_run_in_progress_is_refused_and_an_orphaned_run_is_resumed(
+        conn, admin_conn, users, pg_server, dbname):
+    admin_conn.execute("select * from usersync.resync_step(2)")  # a run in progress, in this session
+    with psycopg.connect(pg_server.conninfo(dbname, user="usersync_test_admin", password="usersync-test"),
+                         autocommit=True) as other:
+        with raises_sqlstate("US009") as info:
+            other.execute("select * from usersync.resync_step(2)")
+        assert "in progress in session" in info.value.diag.message_primary
+        # The session that ran it goes away: the next run picks it up where it stopped.
+        synced = one(conn, "select synced from usersync.resync_state")
+        pid = admin_conn.info.backend_pid
+        conn.execute("select pg_terminate_backend(%s, 5000)", [pid])  # waits until it is gone
+        assert one(conn, "select count(*) from pg_stat_activity where pid = %s", [pid]) == 0
+        row = other.execute("select batch_synced, synced from usersync.resync_step(2)").fetchone()
+        assert row[1] == synced + row[0]
+        other.execute("call usersync.resync_all(2)")
+    assert one(conn, "select finished_at is not null and failed = 0 from usersync.resync_state") is True

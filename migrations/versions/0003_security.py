@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "67ca557fcd19c9515e57fab2c9ffab4513f607ccfc16046c262bdc203df7d6de"
+SHA256 = "fb3fce3128a164e6dde757f4e0388ec421147bd9220e6b2e591a1220228e0dd0"
 
 
 def upgrade() -> None:

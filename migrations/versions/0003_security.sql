@@ -188,6 +188,9 @@ create table if not exists usersync.resync_state (
     failed          bigint not null default 0
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
+-- The session running the current run: a second run beside it is refused (US009) while that
+-- session lives; an interrupted run (its session gone) is resumed by whoever runs next.
+alter table usersync.resync_state add column if not exists owner_pid integer;
 
 -- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
 -- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.
@@ -1860,16 +1863,26 @@ begin
     lock table usersync.config_lock in share mode;
     -- One run at a time: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state for update;
+    if found and st.finished_at is null and st.owner_pid is distinct from pg_catalog.pg_backend_pid()
+       and exists (select from pg_catalog.pg_stat_activity a where a.pid = st.owner_pid) then
+        raise exception using errcode = 'US009',
+            message = pg_catalog.format('a resync run is in progress in session %s (started %s, %s of %s pairs done)',
+                                        st.owner_pid, st.started_at, st.synced + st.failed, st.total),
+            detail = 'Two runs side by side would each start the other over.',
+            hint = pg_catalog.format('Wait for it to finish; to take it over, end that session first: '
+                                     'SELECT pg_terminate_backend(%s)', st.owner_pid);
+    end if;
     -- A finished run, or none: start one. A run whose mapping changed between two batches starts
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
     if not found or st.finished_at is not null
        or st.mapping_version <> (select version from usersync.mapping_state) then
-        insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total)
+        insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total, owner_pid)
         values (true, pg_catalog.now(), (select version from usersync.mapping_state),
-                null, (select count(*) from usersync.links where active))
+                null, (select count(*) from usersync.links where active), pg_catalog.pg_backend_pid())
         on conflict (singleton) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
-               after_user_id = null, total = excluded.total, synced = 0, changed = 0, failed = 0
+               after_user_id = null, total = excluded.total, synced = 0, changed = 0, failed = 0,
+               owner_pid = excluded.owner_pid
         returning * into st;
     end if;
 
@@ -1917,7 +1930,7 @@ begin
 
     update usersync.resync_state
        set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, changed = changed + rewritten,
-           failed = failed + bad
+           failed = failed + bad, owner_pid = pg_catalog.pg_backend_pid()  -- resuming an interrupted run takes it over
     returning * into st;
     return query select false, ok, rewritten, bad, st.synced, st.changed, st.failed, st.total;
 end
