@@ -85,3 +85,23 @@ def mismatches(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
                 sql.SQL(" and ").join(back))
         rows += conn.execute(reversed_).fetchall()
     return rows
+
+
+def broken_pairs(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Pairs that break the invariant (mismatches), and links whose user or contact row is gone."""
+    dangling = conn.execute(
+        "select l.user_id, l.contact_id, 'dangling' from usersync.links l"
+        " where l.active and (not exists (select from public.users u where u.id = l.user_id)"
+        "                     or not exists (select from public.contacts c where c.id = l.contact_id))").fetchall()
+    return mismatches(conn) + dangling
+
+
+def refused_or_done(conn: psycopg.Connection, statement: str, params: Any = None) -> bool:
+    """Runs DDL of an attacker: False when refused (US005, or PostgreSQL's own 55000), True when it
+    went through (the test then checks nothing was broken)."""
+    try:
+        conn.execute(statement, params)
+    except psycopg.Error as err:
+        assert err.sqlstate in ("US005", "55000"), f"expected a refusal (US005), got {err.sqlstate}: {err}"
+        return False
+    return True

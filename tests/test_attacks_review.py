@@ -13,33 +13,13 @@ import time
 
 import psycopg
 import pytest
-from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
+from helpers import add_user, broken_pairs, contact, contact_id, one, raises_sqlstate, refused_or_done
 
 
 @pytest.fixture
 def pair(conn) -> tuple[int, int]:
     uid = add_user(conn, "alice", first_name="Alice", academic_title="Dr")
     return uid, contact_id(conn, uid)
-
-
-def broken_pairs(conn) -> list:
-    """Pairs that break the invariant, including links whose user or contact row is gone."""
-    dangling = conn.execute(
-        "select l.user_id, l.contact_id, 'dangling' from usersync.links l"
-        " where l.active and (not exists (select from public.users u where u.id = l.user_id)"
-        "                     or not exists (select from public.contacts c where c.id = l.contact_id))").fetchall()
-    return mismatches(conn) + dangling
-
-
-def refused_or_done(conn_, statement: str, params=None) -> bool:
-    """Runs an owner's DDL: False when the engine refuses it (US005) or PostgreSQL does (55000,
-    object not in prerequisite state), True when it went through."""
-    try:
-        conn_.execute(statement, params)
-    except psycopg.Error as err:
-        assert err.sqlstate in ("US005", "55000"), f"expected a refusal (US005), got {err.sqlstate}: {err}"
-        return False
-    return True
 
 
 # --- Class 2: the owner's code, running as the engine, reaching the caller's session ----------------

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from helpers import add_user, contact, contact_id, mismatches, one
+from helpers import add_user, broken_pairs, contact, contact_id, one, refused_or_done
 
 import harness
 
@@ -22,25 +22,6 @@ import harness
 def pair(conn) -> tuple[int, int]:
     uid = add_user(conn, "alice", first_name="Alice")
     return uid, contact_id(conn, uid)
-
-
-def broken_pairs(conn) -> list:
-    """Pairs that break the invariant, including links whose user or contact row is gone."""
-    dangling = conn.execute(
-        "select l.user_id, l.contact_id, 'dangling' from usersync.links l"
-        " where l.active and (not exists (select from public.users u where u.id = l.user_id)"
-        "                     or not exists (select from public.contacts c where c.id = l.contact_id))").fetchall()
-    return mismatches(conn) + dangling
-
-
-def refused_or_done(conn_, statement: str, params=None) -> bool:
-    """Runs an owner's DDL: False when refused (US005, or PostgreSQL's 55000), True when it went through."""
-    try:
-        conn_.execute(statement, params)
-    except psycopg.Error as err:
-        assert err.sqlstate in ("US005", "55000"), f"expected a refusal (US005), got {err.sqlstate}: {err}"
-        return False
-    return True
 
 
 # --- usersync.rewritten: cleared by the rewrite it is meant to catch ---------------------------------
