@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SHA256 = "fb3fce3128a164e6dde757f4e0388ec421147bd9220e6b2e591a1220228e0dd0"
+SHA256 = "173d0858f127c548f9ddd063a8ff7ae770e949d7f515eebd665eeb5dbeca790a"
 
 
 def upgrade() -> None:

@@ -1401,6 +1401,7 @@ $tpl$),
 create or replace function usersync._g_on_users_insert()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
+    expected bigint;
     written bigint;
     visible bigint;
 begin
@@ -1419,15 +1420,16 @@ begin
         select s.new_id, @C_IMG_S@ from s;
         if @GUARDED_C@ then
             get diagnostics written = row_count;
-            if written <> (select count(*) from new_rows n where n.@SW@) then
-                perform usersync._lost_write(@C_REL@, 'insert', (select count(*) from new_rows n where n.@SW@), written);
+            expected := (select count(*) from new_rows n where n.@SW@);
+            if written <> expected then
+                perform usersync._lost_write(@C_REL@, 'insert', expected, written);
             end if;
             -- (every new contact must be visible, or a policy could hide a changed value)
             select count(*) filter (where not (@KEPT_CN@)), count(*) into written, visible
               from new_rows n join usersync.links l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
              where n.@SW@;
-            if visible <> (select count(*) from new_rows n where n.@SW@) then
-                perform usersync._lost_write(@C_REL@, 'read', (select count(*) from new_rows n where n.@SW@), visible);
+            if visible <> expected then
+                perform usersync._lost_write(@C_REL@, 'read', expected, visible);
             end if;
             if written > 0 then
                 perform usersync._lost_write(@C_REL@, 'keep', written, 0);
