@@ -46,15 +46,23 @@ def upgrade_sql(revision: str = "head", start: str | None = None) -> str:
     return out.getvalue()
 
 
-# What usersync leaves on the application's tables, removed before its schema goes: the policy and
-# the grants the install gave usersync_engine there. The tables, their columns and rows stay.
-# The roles are cluster-wide and may serve other databases: they stay too.
-UNINSTALL_SQL = """
+# What usersync leaves on the application's tables (each pair's triggers, the policy and the grants
+# attach gave usersync_engine there) is removed by usersync.detach(), pair by pair; then the schema
+# goes. The tables, their columns and rows stay. The roles are cluster-wide and may serve other
+# databases: they stay too. (Before 0004 one pair was named in usersync.modules, a table.)
+UNINSTALL_PAIRS_SQL = """
 do $uninstall$
 declare
     t record;
     seq text;
 begin
+    if pg_catalog.to_regclass('usersync.attachments') is not null then
+        for t in select a.pair from usersync.attachments a order by a.id loop
+            perform usersync.detach(t.pair);
+        end loop;
+        drop schema usersync cascade;
+        return;
+    end if;
     if pg_catalog.to_regclass('usersync.modules') is null then
         drop schema if exists usersync cascade;
         return;
@@ -75,8 +83,38 @@ end
 $uninstall$;
 """
 
-# Downgrading below these revisions removes the mapping, the settings and the links.
-LOSES_CONFIGURATION = frozenset({"0002"})
+# Downgrading below these revisions removes the mapping, the settings and the links (below 0004:
+# every pair, usersync is uninstalled).
+LOSES_CONFIGURATION = frozenset({"0002", "0004"})
+
+
+def schema_absent() -> bool:
+    """No usersync schema (uninstalled by 0004's downgrade): the older downgrades have nothing to
+    undo. Offline (SQL for a DBA) it cannot be known; the SQL is written as for an install."""
+    from alembic import context
+
+    if context.is_offline_mode():
+        return False
+    import sqlalchemy as sa
+    from alembic import op
+
+    return bool(op.get_bind().execute(sa.text("select to_regnamespace('usersync') is null")).scalar())
+
+
+def skipped_on_fresh_install() -> bool:
+    """True in revisions 0001-0003 when they run on a database without usersync towards 0004 or
+    later: they installed usersync 0.1 with two example tables of its own, and 0004 installs the
+    engine alone. (An upgrade to 0003 or earlier still installs what those revisions did.)"""
+    from alembic import context
+
+    target = context.get_revision_argument()
+    if isinstance(target, tuple):
+        target = target[0] if target else None
+    if target is None or str(target) < "0004":
+        return False
+    if context.is_offline_mode():
+        return context.get_starting_revision_argument() is None
+    return schema_absent()
 
 
 def uninstall(db: Database) -> None:
@@ -85,23 +123,26 @@ def uninstall(db: Database) -> None:
     import psycopg
 
     with psycopg.connect(db.conninfo) as conn:
-        conn.execute(UNINSTALL_SQL)
+        conn.execute(UNINSTALL_PAIRS_SQL)
         conn.execute(f"drop table if exists public.{VERSION_TABLE}")
 
 
 def configuration(db: Database) -> dict[str, int]:
-    """What an uninstall or a downgrade below 0002 would lose: links, mapping rows, settings."""
+    """What an uninstall or a downgrade below 0004 would lose: pairs, links, mapping rows, settings."""
     import psycopg
 
     with psycopg.connect(db.conninfo) as conn:
         if conn.execute("select to_regclass('usersync.links') is null").fetchone() == (True,):
             return {}
+        pairs = "(select count(*) from usersync.attachments)" if conn.execute(
+            "select to_regclass('usersync.attachments') is not null").fetchone() == (True,) else "0"
         row = conn.execute(
-            "select (select count(*) from usersync.links), (select count(*) from usersync.field_mapping),"
+            f"select {pairs}, (select count(*) from usersync.links), (select count(*) from usersync.field_mapping),"
             " (select count(*) from usersync.settings where delete_contact_with_user or delete_user_with_contact)"
         ).fetchone()
     assert row is not None
-    return {name: n for name, n in zip(("links", "mapping rows", "changed settings"), row, strict=True) if n}
+    names = ("pairs", "links", "mapping rows", "changed settings")
+    return {name: n for name, n in zip(names, row, strict=True) if n}
 
 
 def downgrade_loses_configuration(db: Database, revision: str) -> bool:

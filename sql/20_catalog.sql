@@ -1,100 +1,147 @@
 -- 20_catalog.sql: the engine's configuration and state, as tables with constraints.
 --
--- modules        which tables are the Users and Contacts modules (the engine reads names and
---                columns from here and from the catalog, never from hard-coded lists)
--- settings       the two delete toggles, one row
--- field_mapping  which user field fills which contact field (validated in 30_mapping.sql)
--- mapping_state  a version number bumped by every mapping change ("up to date" compares it)
--- links          one row per user that has (or had) a contact; active = the switch is on
--- sync_errors    the last failure of each pair during "Update all synchronized users"
--- resync_state   the cursor of the current or last resync_all run, so a rerun resumes
+-- attachments    one row per pair: which table is its Users module and which its Contacts
+--                module, their keys and the switch (usersync.attach() fills it, 25_attach.sql)
+-- settings       the two delete toggles, one row per pair
+-- field_mapping  which user field fills which contact field, per pair (validated in 30_mapping.sql)
+-- mapping_state  per pair, a version number bumped by every mapping change ("up to date" compares it)
+-- links_<id>     per pair, one row per user that has (or had) a contact; active = the switch is on.
+--                A table per pair, so that both keys keep their own types (a bigint, a uuid, a
+--                text key) and the engine's joins stay index probes on them; usersync.links
+--                shows them all, keys as text
+-- sync_errors    per pair, the last failure of each pair of rows during "Update all synchronized users"
+-- resync_state   per pair, the cursor of the current or last resync_all run, so a rerun resumes
 -- config_lock    no rows: its table lock serializes configuration changes against sync actions
+--
+-- Nothing here refers to an application table by anything but a regclass: usersync owns its
+-- schema only (docs/sql-api.md, "What usersync owns").
 
-create table if not exists usersync.modules (
-    module        text primary key check (module in ('users', 'contacts')),
-    relation      regclass not null unique,
-    key_column    name not null,
-    switch_column name,
-    check ((module = 'users') = (switch_column is not null))
+create table if not exists usersync.attachments (
+    id            integer generated always as identity primary key,  -- names the pair's objects
+    pair          text not null unique check (pair <> '' and pair = pg_catalog.btrim(pair)),
+    users         regclass not null,
+    contacts      regclass not null unique,  -- a contact row belongs to at most one user
+    user_key      name not null,
+    contact_key   name not null,
+    switch_column name,                      -- NULL: every user is synchronized
+    shared_key    boolean not null default false,
+    attached_at   timestamptz not null default pg_catalog.now(),
+    check (users <> contacts)
 );
-comment on table usersync.modules is 'The tables the engine keeps in step; key and switch columns are not metadata fields';
-insert into usersync.modules (module, relation, key_column, switch_column)
-values ('users', 'public.users', 'id', 'sync_to_contact'),
-       ('contacts', 'public.contacts', 'id', null)
-on conflict (module) do nothing;
+comment on table usersync.attachments is
+    'The pairs of tables the engine keeps in step (usersync.attach / usersync.detach); see the view usersync.pairs';
+
+-- The pair a statement means when it names none: the only one, or a clear error.
+create or replace function usersync._only_pair()
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    names text[] := array(select a.pair from usersync.attachments a order by a.pair);
+begin
+    if pg_catalog.cardinality(names) = 1 then
+        return names[1];
+    end if;
+    if pg_catalog.cardinality(names) = 0 then
+        raise exception using errcode = 'US011', message = 'no pair attached',
+            detail = 'usersync synchronizes pairs of tables attached with usersync.attach().',
+            hint = 'Attach one: usersync attach USERS CONTACTS (or SELECT usersync.attach(''users'', ''contacts'')).';
+    end if;
+    raise exception using errcode = 'US011',
+        message = pg_catalog.format('this database has %s pairs: name one (%s)', pg_catalog.cardinality(names),
+                                    pg_catalog.array_to_string(names, ', ')),
+        hint = 'Pass pair => ''NAME'' (usersync --pair NAME on the command line).';
+end
+$$;
+
+-- The pair p_pair names (NULL: the only one), or a clear error.
+create or replace function usersync._pair(p_pair text)
+returns usersync.attachments
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    a usersync.attachments;
+begin
+    select * into a from usersync.attachments x where x.pair = coalesce(p_pair, usersync._only_pair());
+    if not found then
+        raise exception using errcode = 'US011', message = pg_catalog.format('no pair named %L', p_pair),
+            hint = pg_catalog.format('Attached pairs: %s.',
+                                     coalesce((select pg_catalog.string_agg(x.pair, ', ' order by x.pair)
+                                                 from usersync.attachments x), 'none'));
+    end if;
+    return a;
+end
+$$;
 
 create table if not exists usersync.settings (
-    singleton                boolean primary key default true check (singleton),
+    pair                     text primary key default usersync._only_pair()
+                                  references usersync.attachments (pair) on delete cascade,
     delete_contact_with_user boolean not null default false,
     delete_user_with_contact boolean not null default false
 );
-comment on table usersync.settings is 'Delete behaviour; exactly one row, changed with UPDATE';
+comment on table usersync.settings is 'Delete behaviour; one row per pair, changed with UPDATE';
 comment on column usersync.settings.delete_contact_with_user is 'Delete contact when user is deleted';
 comment on column usersync.settings.delete_user_with_contact is 'Delete user when contact is deleted (reversed pairs)';
-insert into usersync.settings default values on conflict do nothing;
 
 create table if not exists usersync.field_mapping (
-    user_field    text primary key,
-    contact_field text not null unique
+    user_field    text not null,
+    contact_field text not null,
+    -- Last, and omitted in an INSERT, the pair is the database's only one: the statements of
+    -- usersync 0.1 (INSERT INTO usersync.field_mapping VALUES ('login', 'notes')) keep working.
+    pair          text not null default usersync._only_pair()
+                       references usersync.attachments (pair) on delete cascade,
+    primary key (pair, user_field),
+    unique (pair, contact_field)
 );
 comment on table usersync.field_mapping is
-    'One row per mapped pair; edit with INSERT/UPDATE/DELETE; usersync.reset_field_mapping() restores the default';
+    'One row per mapped pair of fields; edit with INSERT/UPDATE/DELETE; usersync.reset_field_mapping() restores the default';
 
 create table if not exists usersync.mapping_state (
-    singleton  boolean primary key default true check (singleton),
+    pair        text primary key references usersync.attachments (pair) on delete cascade,
     version     bigint not null default 1,
     changed_at  timestamptz not null default pg_catalog.now(),
     field_types jsonb not null default '{}',  -- mapped fields' types at the last generation (60_ddl_guard.sql)
     -- The version that every pair is known to be on: set when a resync run finishes with no failure.
     -- While it lags behind version, stale pairs may exist and writes stamp the pairs they rewrite;
     -- once equal, that check costs nothing (no index on links.mapping_version is needed).
-    synced_version bigint not null default 0
+    synced_version bigint not null default 0,
+    -- The mapping the current version stands for: a statement that leaves the mapping as it was
+    -- (setting a field to the target it already has) is no change and bumps nothing.
+    mapping     jsonb
 );
--- The mapping the current version stands for: a statement that leaves the mapping as it was
--- (setting a field to the target it already has) is no change and bumps nothing.
-alter table usersync.mapping_state add column if not exists mapping jsonb;
-
-create table if not exists usersync.links (
-    user_id         bigint primary key,
-    contact_id      bigint not null unique,
-    source          text not null default 'user' check (source in ('user', 'contact')),
-    active          boolean not null default true,
-    mapping_version bigint not null,
-    synced_at       timestamptz not null default pg_catalog.now()
-) with (fillfactor = 70);  -- room on each page, so stamping a resynced pair is a HOT update
-comment on table usersync.links is
-    'User-contact pairs. Inactive rows remember the contact of a user whose switch is off, so re-enabling re-links it';
-comment on column usersync.links.synced_at is 'Last full sync of the pair under the mapping version it records';
--- Guards ask "is there any reversed pair at all?" before joining; this keeps that question O(1).
--- (No index on mapping_version: it would make every stamp a non-HOT update; see synced_version.)
-create index if not exists links_reversed on usersync.links (user_id) where active and source = 'contact';
 
 create table if not exists usersync.sync_errors (
-    user_id     bigint primary key,
-    contact_id  bigint,
+    pair        text not null references usersync.attachments (pair) on delete cascade,
+    user_id     text not null,  -- keys as text: pairs have keys of different types
+    contact_id  text,
     field       text,
     sqlstate    text not null,
     message     text not null,
-    occurred_at timestamptz not null default pg_catalog.now()
+    occurred_at timestamptz not null default pg_catalog.now(),
+    primary key (pair, user_id)
 );
 comment on table usersync.sync_errors is
     'Pairs that failed during resync_all, with the reason; a row is cleared when its pair next syncs';
 
 create table if not exists usersync.resync_state (
-    singleton       boolean primary key default true check (singleton),
+    pair            text primary key references usersync.attachments (pair) on delete cascade,
     started_at      timestamptz not null,
     finished_at     timestamptz,
     mapping_version bigint not null,
-    after_user_id   bigint,
+    after_user_id   text,   -- the last user key done, as text (read back in the key's type)
     total           bigint not null,
     synced          bigint not null default 0,  -- pairs brought up to date
     changed         bigint not null default 0,  -- of which a target row was rewritten
-    failed          bigint not null default 0
+    failed          bigint not null default 0,
+    -- The session running the current run: a second run beside it is refused (US009) while that
+    -- session lives; an interrupted run (its session gone) is resumed by whoever runs next.
+    owner_pid       integer
 );
-comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run';
--- The session running the current run: a second run beside it is refused (US009) while that
--- session lives; an interrupted run (its session gone) is resumed by whoever runs next.
-alter table usersync.resync_state add column if not exists owner_pid integer;
+comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run of each pair';
 
 -- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
 -- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.
@@ -146,46 +193,54 @@ begin
 end
 $$;
 
--- The engine's triggers, recognised by the function they call (a trigger keeps its function when
--- renamed), with the name and definition usersync._attach() gives them
--- (the DDL guard and the generator use this list too).
-create or replace function usersync._engine_triggers()
+-- The tables of every pair, one row per role (the shape of usersync 0.1's modules table, with the pair).
+create or replace view usersync.modules as
+select a.pair, 'users'::text as module, a.users as relation, a.user_key as key_column, a.switch_column, a.id as pair_id
+  from usersync.attachments a
+union all
+select a.pair, 'contacts', a.contacts, a.contact_key, null::name, a.id
+  from usersync.attachments a;
+comment on view usersync.modules is 'The tables of every pair; key and switch columns are not metadata fields';
+
+-- The engine's triggers on a pair's tables, recognised by the function they call (a trigger keeps
+-- its function when renamed), with the name and definition usersync._attach_triggers() gives
+-- them (the DDL guard and the generator use this list too). Names carry the pair's id, so two
+-- pairs sharing a users table never collide.
+create or replace function usersync._engine_triggers(p_id integer)
 returns table (module text, name text, fn text, def text)
 language sql immutable set search_path = pg_catalog, pg_temp as $$
-    values ('users', 'usersync_after_insert', 'usersync._g_on_users_insert()',
-            'after insert on %s referencing new table as new_rows for each statement'),
-           ('users', 'usersync_after_update', 'usersync._g_on_users_update()',
-            'after update on %s referencing old table as old_rows new table as new_rows for each statement'),
-           ('users', 'usersync_after_delete', 'usersync._g_on_users_delete()',
-            'after delete on %s referencing old table as old_rows for each statement'),
-           ('users', 'usersync_before_truncate', 'usersync._g_on_users_truncate()',
-            'before truncate on %s for each statement'),
-           -- Contacts: row triggers that the engine's own writes skip (WHEN is checked before the
-           -- function is even called), so syncing a million contacts pays nothing for them.
-           ('contacts', 'usersync_after_update', 'usersync._g_on_contact_update()',
-            'after update on %s for each row'),
-           ('contacts', 'usersync_before_delete', 'usersync._g_on_contact_delete_before()',
-            'before delete on %s for each row'),
-           ('contacts', 'usersync_after_delete', 'usersync._g_on_contact_delete_after()',
-            'after delete on %s for each row'),
-           ('contacts', 'usersync_before_truncate', 'usersync._g_on_contacts_truncate()',
-            'before truncate on %s for each statement')
+    select t.module, 'usersync_' || p_id || '_' || t.name, 'usersync._g' || p_id || '_' || t.fn || '()', t.def
+      from (values ('users', 'after_insert', 'on_users_insert',
+                    'after insert on %s referencing new table as new_rows for each statement'),
+                   ('users', 'after_update', 'on_users_update',
+                    'after update on %s referencing old table as old_rows new table as new_rows for each statement'),
+                   ('users', 'after_delete', 'on_users_delete',
+                    'after delete on %s referencing old table as old_rows for each statement'),
+                   ('users', 'before_truncate', 'on_users_truncate',
+                    'before truncate on %s for each statement'),
+                   -- Contacts: row triggers that the engine's own writes skip (WHEN is checked before the
+                   -- function is even called), so syncing a million contacts pays nothing for them.
+                   ('contacts', 'after_update', 'on_contact_update',
+                    'after update on %s for each row'),
+                   ('contacts', 'before_delete', 'on_contact_delete_before',
+                    'before delete on %s for each row'),
+                   ('contacts', 'after_delete', 'on_contact_delete_after',
+                    'after delete on %s for each row'),
+                   ('contacts', 'before_truncate', 'on_contacts_truncate',
+                    'before truncate on %s for each statement')) t(module, name, fn, def)
 $$;
 
-create or replace view usersync.metadata_fields as
-select m.module,
-       a.attname::text as field,
-       pg_catalog.format_type(a.atttypid, a.atttypmod) as data_type,
-       coalesce(pg_catalog.col_description(a.attrelid, a.attnum), a.attname::text) as label,
-       a.attnum as position,
-       a.attnotnull as not_null,
-       a.atthasdef or a.attidentity <> '' as has_default
-  from usersync.modules m
-  join pg_catalog.pg_attribute a on a.attrelid = m.relation
- where a.attnum > 0
-   and not a.attisdropped
-   and a.attgenerated = ''
-   and a.attname <> m.key_column
-   and a.attname is distinct from m.switch_column;
-comment on view usersync.metadata_fields is 'The live catalog of both modules'' metadata fields';
-comment on column usersync.metadata_fields.not_null is 'NOT NULL: unmapped, the field gets its default (or, without one, a sync fails)';
+-- The links table of a pair, and the type of each key as the engine writes it (qualified).
+create or replace function usersync._links_table(p_id integer)
+returns text language sql immutable set search_path = pg_catalog, pg_temp as $$
+    select 'usersync.' || pg_catalog.quote_ident('links_' || p_id)
+$$;
+
+create or replace function usersync._key_type(p_rel regclass, p_col name)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.format('%I.%I', n.nspname, t.typname)
+      from pg_catalog.pg_attribute a
+      join pg_catalog.pg_type t on t.oid = a.atttypid
+      join pg_catalog.pg_namespace n on n.oid = t.typnamespace
+     where a.attrelid = p_rel and a.attname = p_col and not a.attisdropped
+$$;

@@ -3,10 +3,11 @@
 -- The engine copies whole sets of rows in one statement, so PostgreSQL's own error ("value too
 -- long for type character varying(10)") says neither which pair nor which field. On that
 -- (rare) path the engine replays the pair field by field, each attempt in a subtransaction that
--- is always rolled back, and reports the first field that fails.
+-- is always rolled back, and reports the first field that fails. Keys travel as text here (pairs
+-- have keys of any type) and are read back in their own type.
 
-create or replace function usersync._diagnose(p_user_id bigint)
-returns table (contact_id bigint, direction text, user_field text, contact_field text, sqlstate text, message text)
+create or replace function usersync._diagnose(p_pair text, p_user_id text)
+returns table (contact_id text, direction text, user_field text, contact_field text, sqlstate text, message text)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -17,28 +18,31 @@ set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xml
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
-    mu usersync.modules;
-    mc usersync.modules;
-    l usersync.links;
+    a usersync.attachments := usersync._pair(p_pair);
+    l record;
     m record;
     st text;
     msg text;
     col text;
     expr text;
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
-    select * into l from usersync.links where links.user_id = p_user_id;
-    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
+    execute pg_catalog.format('select l.active, l.source, l.contact_id::pg_catalog.text as contact_id from %s l'
+                              ' where l.user_id = $1::%s', usersync._links_table(a.id), usersync._key_type(a.users, a.user_key))
+       into l using p_user_id;
+    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm where fm.pair = a.pair
+              order by fm.user_field loop
         begin
             if l.active and l.source = 'contact' then
-                expr := usersync._gen_reverse_expr('c', m.contact_field, m.user_field);
-                execute pg_catalog.format('update %s u set %I = %s from %s c where u.%I = $1 and c.%I = $2',
-                                          mu.relation, m.user_field, expr, mc.relation, mu.key_column, mc.key_column)
+                expr := usersync._gen_reverse_expr(a.pair, 'c', m.contact_field, m.user_field);
+                execute pg_catalog.format('update %s u set %I = %s from %s c where u.%I = $1::%s and c.%I = $2::%s',
+                                          a.users, m.user_field, expr, a.contacts, a.user_key,
+                                          usersync._key_type(a.users, a.user_key), a.contact_key,
+                                          usersync._key_type(a.contacts, a.contact_key))
                   using p_user_id, l.contact_id;
             else
-                execute pg_catalog.format('insert into %s (%I) select u.%I from %s u where u.%I = $1',
-                                          mc.relation, m.contact_field, m.user_field, mu.relation, mu.key_column)
+                execute pg_catalog.format('insert into %s (%I) select u.%I from %s u where u.%I = $1::%s',
+                                          a.contacts, m.contact_field, m.user_field, a.users, a.user_key,
+                                          usersync._key_type(a.users, a.user_key))
                   using p_user_id;
             end if;
             raise sqlstate 'USX00';  -- undo the attempt
@@ -60,7 +64,7 @@ $$;
 
 -- Does field uf -> cf go through for all of these users? One set-based attempt, always rolled
 -- back. Only this field's fault counts (a data error, or one naming one of its columns).
-create or replace function usersync._field_fits(p_user_ids bigint[], p_user_field text, p_contact_field text)
+create or replace function usersync._field_fits(p_pair text, p_user_ids text[], p_user_field text, p_contact_field text)
 returns boolean
 language plpgsql
 security definer
@@ -72,27 +76,26 @@ set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xml
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
-    mu usersync.modules;
-    mc usersync.modules;
+    a usersync.attachments := usersync._pair(p_pair);
+    links text := usersync._links_table(a.id);
+    ukt text := usersync._key_type(a.users, a.user_key);
     st text;
     col text;
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
     begin
         -- user -> contact for user-sourced pairs (and users not linked yet)
         execute pg_catalog.format(
-            'insert into %s (%I) select u.%I from %s u where u.%I = any($1)'
-            ' and not exists (select from usersync.links l where l.user_id = u.%I and l.active and l.source = ''contact'')',
-            mc.relation, p_contact_field, p_user_field, mu.relation, mu.key_column, mu.key_column)
+            'insert into %s (%I) select u.%I from %s u where u.%I = any($1::%s[])'
+            ' and not exists (select from %s l where l.user_id = u.%I and l.active and l.source = ''contact'')',
+            a.contacts, p_contact_field, p_user_field, a.users, a.user_key, ukt, links, a.user_key)
           using p_user_ids;
         -- contact -> user for reversed pairs
         execute pg_catalog.format(
-            'update %s u set %I = %s from %s c join usersync.links l on l.contact_id = c.%I'
-            ' where l.user_id = u.%I and l.active and l.source = ''contact'' and u.%I = any($1)',
-            mu.relation, p_user_field,
-            usersync._gen_reverse_expr('c', p_contact_field, p_user_field),
-            mc.relation, mc.key_column, mu.key_column, mu.key_column)
+            'update %s u set %I = %s from %s c join %s l on l.contact_id = c.%I'
+            ' where l.user_id = u.%I and l.active and l.source = ''contact'' and u.%I = any($1::%s[])',
+            a.users, p_user_field,
+            usersync._gen_reverse_expr(a.pair, 'c', p_contact_field, p_user_field),
+            a.contacts, links, a.contact_key, a.user_key, a.user_key, ukt)
           using p_user_ids;
         raise sqlstate 'USX00';
     exception
@@ -108,7 +111,7 @@ $$;
 -- original SQLSTATE; returns quietly when none is found, so the caller re-raises the original.
 -- Set-based: each mapped field is tried for all users at once, and the failing one is narrowed
 -- down by halving, so a bad row 50,000 of a bulk insert costs a few dozen statements.
-create or replace function usersync._explain_failure(p_user_ids bigint[])
+create or replace function usersync._explain_failure(p_pair text, p_user_ids text[])
 returns void
 language plpgsql
 security definer
@@ -117,27 +120,28 @@ as $$
 declare
     m record;
     col text;
-    ids bigint[];
-    half bigint[];
+    ids text[];
+    half text[];
     n integer;
-    uid bigint;
+    uid text;
     d record;
 begin
     if p_user_ids is null or pg_catalog.cardinality(p_user_ids) = 0 then
         return;
     end if;
-    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by fm.user_field loop
-        if usersync._field_fits(p_user_ids, m.user_field, m.contact_field) then
+    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm where fm.pair = p_pair
+              order by fm.user_field loop
+        if usersync._field_fits(p_pair, p_user_ids, m.user_field, m.contact_field) then
             continue;
         end if;
         ids := p_user_ids;
         while pg_catalog.cardinality(ids) > 1 loop
             n := pg_catalog.cardinality(ids) / 2;
             half := ids[1:n];
-            ids := case when usersync._field_fits(half, m.user_field, m.contact_field) then ids[n + 1:] else half end;
+            ids := case when usersync._field_fits(p_pair, half, m.user_field, m.contact_field) then ids[n + 1:] else half end;
         end loop;
         uid := ids[1];
-        select * into d from usersync._diagnose(uid);
+        select * into d from usersync._diagnose(p_pair, uid);
         if not found then
             continue;
         end if;
@@ -146,20 +150,21 @@ begin
                 message = pg_catalog.format('cannot synchronize contact %s to user %s: contact field "%s" does not fit user field "%s"',
                                             d.contact_id, uid, d.contact_field, d.user_field),
                 detail = d.message,
-                hint = 'Correct the contact''s value, or change the field mapping (usersync.field_mapping).';
+                hint = pg_catalog.format('Correct the contact''s value, or change the field mapping of pair %L (usersync.field_mapping).', p_pair);
         end if;
         raise exception using errcode = d.sqlstate,
             message = pg_catalog.format('cannot synchronize user %s to contact %s: user field "%s" does not fit contact field "%s"',
                                         uid, coalesce(d.contact_id::text, '(new)'), d.user_field, d.contact_field),
             detail = d.message,
-            hint = 'Correct the user''s value, or map the field to a contact field that can hold it (usersync.field_mapping).';
+            hint = pg_catalog.format('Correct the user''s value, or map the field to a contact field that can hold it '
+                                     '(usersync.field_mapping, pair %L).', p_pair);
     end loop;
     -- Not a value's fault: a contact field that cannot be NULL, has no default and is not mapped
     -- (usersync._gen_contact_fields writes it NULL). Named with the class of the error it causes.
     select f.field into col
       from usersync.metadata_fields f
-      left join usersync.field_mapping fm on fm.contact_field = f.field
-     where f.module = 'contacts' and f.not_null and not f.has_default and fm.user_field is null
+      left join usersync.field_mapping fm on fm.pair = f.pair and fm.contact_field = f.field
+     where f.pair = p_pair and f.module = 'contacts' and f.not_null and not f.has_default and fm.user_field is null
      order by f.position limit 1;
     if found then
         raise exception using errcode = 'not_null_violation',

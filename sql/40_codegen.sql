@@ -18,60 +18,60 @@
 -- it gets its default when the contact is created and keeps its value afterwards (an application's
 -- "status not null default 'manual'"). One that has no default is written NULL and fails, named
 -- by usersync._explain_failure (the mapping screen warns about it).
-create or replace function usersync._gen_contact_fields()
+create or replace function usersync._gen_contact_fields(p_pair text)
 returns table (field text, "position" smallint, user_field text, data_type text, user_data_type text)
 language sql stable set search_path = pg_catalog, pg_temp as $$
     select f.field, f.position, m.user_field, f.data_type, uf.data_type
       from usersync.metadata_fields f
-      left join usersync.field_mapping m on m.contact_field = f.field
-      left join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-     where f.module = 'contacts'
+      left join usersync.field_mapping m on m.pair = f.pair and m.contact_field = f.field
+      left join usersync.metadata_fields uf on uf.pair = f.pair and uf.module = 'users' and uf.field = m.user_field
+     where f.pair = p_pair and f.module = 'contacts'
        and not (m.user_field is null and f.not_null and f.has_default)
 $$;
 
 -- Column lists and expressions for the current mapping and catalog.
-create or replace function usersync._gen_contact_cols()
+create or replace function usersync._gen_contact_cols(p_pair text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(f.field), ', ' order by f.position)
-      from usersync._gen_contact_fields() f
+      from usersync._gen_contact_fields(p_pair) f
 $$;
 
 -- The contact as the image of a user row named p_alias: mapped fields copied, the rest NULL.
-create or replace function usersync._gen_contact_image(p_alias text)
+create or replace function usersync._gen_contact_image(p_pair text, p_alias text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(case when f.user_field is null then 'null'
                            else p_alias || '.' || pg_catalog.quote_ident(f.user_field) end,
                       ', ' order by f.position)
-      from usersync._gen_contact_fields() f
+      from usersync._gen_contact_fields(p_pair) f
 $$;
 
-create or replace function usersync._gen_mapped_user_cols()
+create or replace function usersync._gen_mapped_user_cols(p_pair text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(pg_catalog.quote_ident(m.user_field), ', ' order by f.position)
       from usersync.field_mapping m
-      join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
+      join usersync.metadata_fields f on f.pair = m.pair and f.module = 'users' and f.field = m.user_field
+     where m.pair = p_pair
 $$;
 
 -- A contact field of the row named p_alias, as a value for a user field (reversed pairs). Where
 -- no assignment cast exists (text -> date) the value is cast explicitly; a bad value then fails.
 -- The one place that decides it: the generated code, the diagnosis and its probes all use it.
-create or replace function usersync._gen_reverse_expr(p_alias text, p_contact_field text, p_user_field text)
+create or replace function usersync._gen_reverse_expr(p_pair text, p_alias text, p_contact_field text, p_user_field text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when usersync._assignable((select relation from usersync.modules where module = 'contacts'),
-                                          p_contact_field,
-                                          (select relation from usersync.modules where module = 'users'),
-                                          p_user_field)
+    select case when usersync._assignable(a.contacts, p_contact_field, a.users, p_user_field)
                 then pg_catalog.format('%s.%I', p_alias, p_contact_field)
                 else pg_catalog.format('%s.%I::%s', p_alias, p_contact_field,
-                                       usersync._field_type('users', p_user_field)) end
+                                       usersync._field_type(p_pair, 'users', p_user_field)) end
+      from usersync.attachments a where a.pair = p_pair
 $$;
 
 -- The mapped user fields as the image of a contact row named p_alias (reversed pairs).
-create or replace function usersync._gen_user_image(p_alias text)
+create or replace function usersync._gen_user_image(p_pair text, p_alias text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select string_agg(usersync._gen_reverse_expr(p_alias, m.contact_field, m.user_field), ', ' order by f.position)
+    select string_agg(usersync._gen_reverse_expr(p_pair, p_alias, m.contact_field, m.user_field), ', ' order by f.position)
       from usersync.field_mapping m
-      join usersync.metadata_fields f on f.module = 'users' and f.field = m.user_field
+      join usersync.metadata_fields f on f.pair = m.pair and f.module = 'users' and f.field = m.user_field
+     where m.pair = p_pair
 $$;
 
 -- Can values of this type be compared with IS DISTINCT FROM? json, xml, point have no equality
@@ -116,19 +116,19 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- "(o.a, o.b) is distinct from (n.a, n.b)" over the mapped fields of a module; false when none.
-create or replace function usersync._gen_changed(p_module text, p_old text, p_new text)
+create or replace function usersync._gen_changed(p_pair text, p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when count(*) = 0 then 'false'
                 else pg_catalog.format('(%s) is distinct from (%s)',
                        string_agg(usersync._gen_cmp(p_old, x.field, f.data_type), ', ' order by x.field),
                        string_agg(usersync._gen_cmp(p_new, x.field, f.data_type), ', ' order by x.field)) end
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
-              from usersync.field_mapping m) x
-      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
+              from usersync.field_mapping m where m.pair = p_pair) x
+      join usersync.metadata_fields f on f.pair = p_pair and f.module = p_module and f.field = x.field
 $$;
 
 -- The name of the first mapped field that differs, for error messages.
-create or replace function usersync._gen_first_changed(p_module text, p_old text, p_new text)
+create or replace function usersync._gen_first_changed(p_pair text, p_module text, p_old text, p_new text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select coalesce('case ' || string_agg(pg_catalog.format('when %s is distinct from %s then %L',
                                                             usersync._gen_cmp(p_old, x.field, f.data_type),
@@ -136,13 +136,13 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                                           ' ' order by x.field) || ' end',
                     'null::pg_catalog.text')
       from (select case p_module when 'users' then m.user_field else m.contact_field end as field
-              from usersync.field_mapping m) x
-      join usersync.metadata_fields f on f.module = p_module and f.field = x.field
+              from usersync.field_mapping m where m.pair = p_pair) x
+      join usersync.metadata_fields f on f.pair = p_pair and f.module = p_module and f.field = x.field
 $$;
 
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
 -- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
-create or replace function usersync._gen_contact_same(p_contact text, p_user text)
+create or replace function usersync._gen_contact_same(p_pair text, p_contact text, p_user text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
                 else string_agg(case when f.user_field is null
@@ -151,7 +151,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                                                             usersync._gen_cmp(p_contact, f.field, f.data_type),
                                                             usersync._gen_cmp(p_user, f.user_field, f.data_type)) end,
                                 ' and ' order by f.position) end
-      from usersync._gen_contact_fields() f
+      from usersync._gen_contact_fields(p_pair) f
 $$;
 
 -- "The mapped fields hold the same values on both sides", over the mapped pairs of one type
@@ -159,17 +159,17 @@ $$;
 -- something on a table can change what the engine writes (usersync._gen_writes_can_vanish), the
 -- generated code checks it after writing: an application's BEFORE trigger that changes a mapped
 -- value would otherwise leave a pair reported as synced that is not.
-create or replace function usersync._gen_mapped_same(p_contact text, p_user text)
+create or replace function usersync._gen_mapped_same(p_pair text, p_contact text, p_user text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when count(*) = 0 then 'true'
                 else pg_catalog.format('(%s) is not distinct from (%s)',
                         string_agg(usersync._gen_cmp(p_contact, f.field, f.data_type), ', ' order by f.position),
                         string_agg(usersync._gen_cmp(p_user, f.user_field, f.data_type), ', ' order by f.position)) end
-      from usersync._gen_contact_fields() f
+      from usersync._gen_contact_fields(p_pair) f
      where f.user_field is not null and f.user_data_type = f.data_type
 $$;
 
-create or replace function usersync._gen_user_same(p_user text, p_contact text)
+create or replace function usersync._gen_user_same(p_pair text, p_user text, p_contact text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when bool_or(uf.data_type <> cf.data_type) then 'false'
                 else coalesce(string_agg(pg_catalog.format('%s is not distinct from %s',
@@ -177,36 +177,38 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                                                            usersync._gen_cmp(p_contact, m.contact_field, cf.data_type)),
                                          ' and ' order by m.user_field), 'true') end
       from usersync.field_mapping m
-      join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-      join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
+      join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
+      join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
+     where m.pair = p_pair
 $$;
 
 -- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may
 -- reject or a typmod truncate), or when a constraint other than the keys watches a column the
 -- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
 -- functions pay for an exception block to name the culprit.
-create or replace function usersync._gen_writes_can_fail()
+create or replace function usersync._gen_writes_can_fail(p_pair text)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from usersync.field_mapping m
-                     join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
-                     join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
-                    where u.data_type <> c.data_type)
+                     join usersync.metadata_fields u on u.pair = m.pair and u.module = 'users' and u.field = m.user_field
+                     join usersync.metadata_fields c on c.pair = m.pair and c.module = 'contacts' and c.field = m.contact_field
+                    where m.pair = p_pair and u.data_type <> c.data_type)
         or exists (select from usersync.modules mo
                      join pg_catalog.pg_attribute a on a.attrelid = mo.relation
-                    where a.attnum > 0 and not a.attisdropped and a.attnotnull
+                    where mo.pair = p_pair and a.attnum > 0 and not a.attisdropped and a.attnotnull
                       and a.attname <> mo.key_column and a.attname is distinct from mo.switch_column
                       and (mo.module = 'contacts'
-                           or a.attname in (select m.user_field from usersync.field_mapping m)))
+                           or a.attname in (select m.user_field from usersync.field_mapping m where m.pair = p_pair)))
         or exists (select from usersync.modules mo
                      join pg_catalog.pg_constraint k on k.conrelid = mo.relation
-                    where k.contype in ('c', 'u', 'x', 'f')
+                    where mo.pair = p_pair and k.contype in ('c', 'u', 'x', 'f')
                       and (mo.module = 'contacts'
                            or exists (select from pg_catalog.pg_attribute a
                                        where a.attrelid = mo.relation and a.attnum = any(k.conkey)
-                                         and a.attname in (select m.user_field from usersync.field_mapping m))))
+                                         and a.attname in (select m.user_field from usersync.field_mapping m
+                                                            where m.pair = p_pair))))
         or exists (select from usersync.modules mo
                      join pg_catalog.pg_index i on i.indrelid = mo.relation
-                    where i.indisunique and not i.indisprimary and mo.module = 'contacts')
+                    where mo.pair = p_pair and i.indisunique and not i.indisprimary and mo.module = 'contacts')
 $$;
 
 -- Can a write of the engine to this table be swallowed, i.e. touch fewer rows than it asked for?
@@ -219,20 +221,21 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from pg_catalog.pg_class c where c.oid = p_rel and c.relrowsecurity)
         or exists (select from pg_catalog.pg_trigger t
                     where t.tgrelid = p_rel and not t.tgisinternal and (t.tgtype & 3) = 3
-                      and not exists (select from usersync._engine_triggers() et
-                                       where t.tgfoid = pg_catalog.to_regprocedure(et.fn)))
+                      -- (the engine's own triggers, of any pair, call functions of its schema)
+                      and not exists (select from pg_catalog.pg_proc p
+                                       where p.oid = t.tgfoid and p.pronamespace = 'usersync'::pg_catalog.regnamespace))
 $$;
 
 -- The SET clauses that make every conversion a generated function performs independent of the
 -- session (a date copied into a text field is written in DateStyle, a timestamptz in TimeZone, ...).
 -- Needed only where a mapped pair's types differ; the static functions that convert carry the
 -- same list in their definitions (tests/test_boundary.py checks that they agree).
-create or replace function usersync._gen_pins()
+create or replace function usersync._gen_pins(p_pair text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select case when exists (select from usersync.field_mapping m
-                               join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
-                               join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
-                              where u.data_type <> c.data_type)
+                               join usersync.metadata_fields u on u.pair = m.pair and u.module = 'users' and u.field = m.user_field
+                               join usersync.metadata_fields c on c.pair = m.pair and c.module = 'contacts' and c.field = m.contact_field
+                              where m.pair = p_pair and u.data_type <> c.data_type)
                 then 'set datestyle = ''ISO, YMD'' set intervalstyle = ''postgres'' set timezone = ''UTC'''
                      ' set extra_float_digits = 1 set bytea_output = ''hex'' set lc_monetary = ''C'''
                      ' set xmloption = ''content'' set xmlbinary = ''base64'''
@@ -243,12 +246,12 @@ $$;
 
 -- The user columns a new contact is made from (the key and the mapped fields), so that creating
 -- contacts copies no more of each row than it needs.
-create or replace function usersync._gen_source_cols(p_alias text)
+create or replace function usersync._gen_source_cols(p_pair text, p_alias text)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select string_agg(p_alias || '.' || pg_catalog.quote_ident(x.col), ', ' order by x.ord, x.col)
-      from (select (select key_column::text from usersync.modules where module = 'users') as col, 0 as ord
+      from (select (select a.user_key::text from usersync.attachments a where a.pair = p_pair) as col, 0 as ord
             union
-            select m.user_field, 1 from usersync.field_mapping m) x
+            select m.user_field, 1 from usersync.field_mapping m where m.pair = p_pair) x
 $$;
 
 -- Generated code must keep the structure of its template whatever the identifiers it embeds
@@ -385,16 +388,18 @@ begin
 end
 $$;
 
-create or replace function usersync._generate()
+create or replace function usersync._generate(p_pair text)
 returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 set quote_all_identifiers = off  -- the generated text and the SET clauses it records stay canonical
+set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 as $gen$
 declare
-    mu usersync.modules;
-    mc usersync.modules;
+    a usersync.attachments := usersync._pair(p_pair);
+    ukt text := usersync._key_type(a.users, a.user_key);
+    ckt text := usersync._key_type(a.contacts, a.contact_key);
     seq text;
     cid text;
     can_fail boolean;
@@ -402,69 +407,86 @@ declare
     tpl text;
     fn text;
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
-
     -- New contacts get their key before they are inserted, so that one set-based INSERT can
     -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
-    seq := pg_catalog.pg_get_serial_sequence(mc.relation::text, mc.key_column);
-    if seq is not null then
+    -- With a shared key the contact's key is its user's.
+    seq := pg_catalog.pg_get_serial_sequence(a.contacts::text, a.contact_key);
+    if a.shared_key then
+        cid := pg_catalog.format('x.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end;
+    elsif seq is not null then
         cid := pg_catalog.format('pg_catalog.nextval(%L::pg_catalog.regclass)', seq);
     else
         select pg_catalog.pg_get_expr(d.adbin, d.adrelid) into cid
-          from pg_catalog.pg_attrdef d join pg_catalog.pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
-         where a.attrelid = mc.relation and a.attname = mc.key_column;
+          from pg_catalog.pg_attrdef d join pg_catalog.pg_attribute x on x.attrelid = d.adrelid and x.attnum = d.adnum
+         where x.attrelid = a.contacts and x.attname = a.contact_key;
         if cid is null then
             raise exception using errcode = 'US005',
-                message = pg_catalog.format('the key column %I of %s has no default', mc.key_column, mc.relation),
-                hint = 'The Contacts key needs an identity, a sequence or a default so the engine can create contacts.';
+                message = pg_catalog.format('the key column %I of %s has no default', a.contact_key, a.contacts),
+                hint = 'The contacts key needs an identity, a sequence or a default so the engine can create contacts '
+                       '(or attach the pair with shared_key => true).';
         end if;
     end if;
 
-    can_fail := usersync._gen_writes_can_fail();
+    can_fail := usersync._gen_writes_can_fail(a.pair);
     vars := pg_catalog.jsonb_build_object(
-        'U', mu.relation::text,
-        'C', mc.relation::text,
-        'UK', pg_catalog.quote_ident(mu.key_column),
-        'CK', pg_catalog.quote_ident(mc.key_column),
-        'SW', pg_catalog.quote_ident(mu.switch_column),
-        'SW_LIT', pg_catalog.quote_literal(pg_catalog.quote_ident(mu.switch_column)),
-        'U_REL', pg_catalog.format('%L::pg_catalog.regclass', mu.relation::text),
-        'C_REL', pg_catalog.format('%L::pg_catalog.regclass', mc.relation::text),
-        'GUARDED_U', usersync._gen_writes_can_vanish(mu.relation)::text,
-        'GUARDED_C', usersync._gen_writes_can_vanish(mc.relation)::text,
-        'PINS', usersync._gen_pins(),
-        'V', (select version from usersync.mapping_state)::text,
+        'G', '_g' || a.id || '_',
+        'PAIR', pg_catalog.quote_literal(a.pair),
+        'LINKS', usersync._links_table(a.id),
+        'UKT', ukt,
+        'CKT', ckt,
+        'U', a.users::text,
+        'C', a.contacts::text,
+        'UK', pg_catalog.quote_ident(a.user_key),
+        'CK', pg_catalog.quote_ident(a.contact_key),
+        'SW', pg_catalog.quote_ident(coalesce(a.switch_column, a.user_key)),  -- (no switch: see below)
+        'HAS_SW', (a.switch_column is not null)::text,
+        'SW_HINT', pg_catalog.quote_literal(
+            case when a.switch_column is not null
+                 then pg_catalog.format('switch its synchronization off (UPDATE ... SET %I = false)', a.switch_column)
+                 else 'detach the pair (every user of it is synchronized)' end),
+        'U_REL', pg_catalog.format('%L::pg_catalog.regclass', a.users::text),
+        'C_REL', pg_catalog.format('%L::pg_catalog.regclass', a.contacts::text),
+        'GUARDED_U', usersync._gen_writes_can_vanish(a.users)::text,
+        'GUARDED_C', usersync._gen_writes_can_vanish(a.contacts)::text,
+        'PINS', usersync._gen_pins(a.pair),
+        'V', (select s.version from usersync.mapping_state s where s.pair = a.pair)::text,
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'CID', cid,
-        'OVR', case when exists (select from pg_catalog.pg_attribute a where a.attrelid = mc.relation
-                                   and a.attname = mc.key_column and a.attidentity = 'a')
+        'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        'SHARED', a.shared_key::text,
+        'OVR', case when exists (select from pg_catalog.pg_attribute x where x.attrelid = a.contacts
+                                   and x.attname = a.contact_key and x.attidentity = 'a')
                     then 'overriding system value' else '' end,
-        'C_COLS', usersync._gen_contact_cols(),
-        'C_IMG_S', usersync._gen_contact_image('(s.usr)'),
-        'C_IMG_N', usersync._gen_contact_image('n'),
-        'C_IMG_U', usersync._gen_contact_image('u'),
-        'HAS_MAP', (exists (select from usersync.field_mapping))::text,
-        'U_COLS', coalesce(usersync._gen_mapped_user_cols(), pg_catalog.quote_ident(mu.switch_column)),
-        'U_IMG_C', coalesce(usersync._gen_user_image('c'), 'u.' || pg_catalog.quote_ident(mu.switch_column)),
-        'U_IMG_NEW', coalesce(usersync._gen_user_image('new'), 'u.' || pg_catalog.quote_ident(mu.switch_column)),
-        'U_CHANGED', usersync._gen_changed('users', 'o', 'n'),
-        'U_FIRST_CHANGED', usersync._gen_first_changed('users', 'o', 'n'),
-        'C_CHANGED', usersync._gen_changed('contacts', 'old', 'new'),
-        'C_SAME', usersync._gen_contact_same('c', 'u'),
-        'KEPT_CU', usersync._gen_mapped_same('c', 'u'),
-        'KEPT_CN', usersync._gen_mapped_same('c', 'n'),
-        'KEPT_NEWU', usersync._gen_mapped_same('new', 'u'),
+        'C_COLS', usersync._gen_contact_cols(a.pair),
+        'C_IMG_S', usersync._gen_contact_image(a.pair, '(s.usr)'),
+        'C_IMG_N', usersync._gen_contact_image(a.pair, 'n'),
+        'C_IMG_U', usersync._gen_contact_image(a.pair, 'u'),
+        'HAS_MAP', (exists (select from usersync.field_mapping m where m.pair = a.pair))::text,
+        'U_COLS', coalesce(usersync._gen_mapped_user_cols(a.pair), pg_catalog.quote_ident(a.user_key)),
+        'U_IMG_C', coalesce(usersync._gen_user_image(a.pair, 'c'), 'u.' || pg_catalog.quote_ident(a.user_key)),
+        'U_IMG_NEW', coalesce(usersync._gen_user_image(a.pair, 'new'), 'u.' || pg_catalog.quote_ident(a.user_key)),
+        'U_CHANGED', usersync._gen_changed(a.pair, 'users', 'o', 'n'),
+        'U_FIRST_CHANGED', usersync._gen_first_changed(a.pair, 'users', 'o', 'n'),
+        'C_CHANGED', usersync._gen_changed(a.pair, 'contacts', 'old', 'new'),
+        'C_SAME', usersync._gen_contact_same(a.pair, 'c', 'u'),
+        'KEPT_CU', usersync._gen_mapped_same(a.pair, 'c', 'u'),
+        'KEPT_CN', usersync._gen_mapped_same(a.pair, 'c', 'n'),
+        'KEPT_NEWU', usersync._gen_mapped_same(a.pair, 'new', 'u'),
         'CAN_FAIL', can_fail::text,
-        'U_SRC_U', usersync._gen_source_cols('u'),
-        'U_SRC_N', usersync._gen_source_cols('n'),
-        'U_SAME', usersync._gen_user_same('u', 'c')
+        'U_SRC_U', usersync._gen_source_cols(a.pair, 'u'),
+        'U_SRC_N', usersync._gen_source_cols(a.pair, 'n'),
+        'U_SAME', usersync._gen_user_same(a.pair, 'u', 'c')
     );
 
     for fn, tpl in select t.fn, t.tpl from usersync._templates() t loop
+        -- A pair without a switch synchronizes every user: each "x.@SW@" of the templates (their
+        -- own text, before anything is substituted) reads true.
+        if a.switch_column is null then
+            tpl := pg_catalog.regexp_replace(tpl, '\m[a-z]+\.@SW@', 'true', 'g');
+        end if;
         execute usersync._gen_fill(tpl, vars);
-        execute pg_catalog.format('revoke all on function usersync.%s from public', fn);
+        execute pg_catalog.format('revoke all on function usersync.%s from public', usersync._gen_subst(fn, vars));
     end loop;
-    update usersync.mapping_state set field_types = usersync._mapped_field_types();
+    update usersync.mapping_state s set field_types = usersync._mapped_field_types(a.pair) where s.pair = a.pair;
 end
 $gen$;

@@ -5,7 +5,11 @@
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
--- @SW_LIT@ the switch column's name as a string literal (for messages), @PINS@ the SET clauses
+-- @G@ the prefix of the pair's generated functions (_g<id>_), @LINKS@ its links table, @PAIR@ its
+-- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
+-- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
+-- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
+-- for messages, @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
 -- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
 -- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
@@ -32,8 +36,8 @@ language sql immutable
 set search_path = pg_catalog, pg_temp
 as $templates$
 values
-('_g_lock_pair(bigint, bigint, text)', $tpl$
-create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)
+('@G@lock_pair(@UKT@, @CKT@, text)', $tpl$
+create or replace function usersync.@G@lock_pair(p_user_id @UKT@, p_contact_id @CKT@, p_source text)
 returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
     if p_source = 'contact' then
@@ -47,8 +51,8 @@ end
 $body$;
 $tpl$),
 
-('_g_refresh(bigint[])', $tpl$
-create or replace function usersync._g_refresh(p_user_ids bigint[], out synced bigint, out changed bigint)
+('@G@refresh(@UKT@[])', $tpl$
+create or replace function usersync.@G@refresh(p_user_ids @UKT@[], out synced bigint, out changed bigint)
 language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@
 -- A batch touches its own rows only: index probes from the id array, whatever the statistics say
 -- (just loaded, no ANALYZE: a custom plan read every table whole for each batch) and whatever
@@ -64,19 +68,19 @@ begin
     -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
     perform from @U@ u
      where u.@UK@ = any(p_user_ids)
-       and not exists (select from usersync.links l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
+       and not exists (select from @LINKS@ l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
      order by u.@UK@ for share;
     -- Both sides restricted by the array: PostgreSQL does not carry "= any(array)" across a join,
     -- and without it every batch would scan all of links.
     if @GUARDED_C@ then
         select count(*) into expected
-          from @C@ c, @U@ u join usersync.links l on l.user_id = u.@UK@
+          from @C@ c, @U@ u join @LINKS@ l on l.user_id = u.@UK@
          where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
            and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
            and not (@C_SAME@);
     end if;
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
-      from @U@ u join usersync.links l on l.user_id = u.@UK@
+      from @U@ u join @LINKS@ l on l.user_id = u.@UK@
      where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
        and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
@@ -86,25 +90,25 @@ begin
     end if;
     if @GUARDED_C@ then
         select count(*) into n
-          from @C@ c join usersync.links l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
+          from @C@ c join @LINKS@ l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
          where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
            and u.@SW@ and l.active and l.source = 'user' and not (@KEPT_CU@);
         if n > 0 then
             perform usersync._lost_write(@C_REL@, 'keep', n, 0);
         end if;
     end if;
-    if @HAS_MAP@ and exists (select from usersync.links l where l.active and l.source = 'contact') then
-        perform from @C@ c join usersync.links l on l.contact_id = c.@CK@
+    if @HAS_MAP@ and exists (select from @LINKS@ l where l.active and l.source = 'contact') then
+        perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
         if @GUARDED_U@ then
             select count(*) into expected
-              from @U@ u, @C@ c join usersync.links l on l.contact_id = c.@CK@
+              from @U@ u, @C@ c join @LINKS@ l on l.contact_id = c.@CK@
              where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
                and l.active and l.source = 'contact' and u.@UK@ = l.user_id
                and not (@U_SAME@);
         end if;
         update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
-          from @C@ c join usersync.links l on l.contact_id = c.@CK@
+          from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
          where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
            and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
@@ -114,7 +118,7 @@ begin
         end if;
         if @GUARDED_U@ then
             select count(*) into expected
-              from @U@ u join usersync.links l on l.user_id = u.@UK@ join @C@ c on c.@CK@ = l.contact_id
+              from @U@ u join @LINKS@ l on l.user_id = u.@UK@ join @C@ c on c.@CK@ = l.contact_id
              where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
                and l.active and l.source = 'contact' and not (@KEPT_CU@);
             if expected > 0 then
@@ -126,7 +130,7 @@ begin
     -- Every active pair whose contact exists is now the image of its source under the current
     -- mapping. (offset 0 keeps the EXISTS a per-row index probe; as a hash semi-join it would read
     -- all of contacts for every batch)
-    update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
+    update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
      where l.user_id = any(p_user_ids) and l.active
        and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0)
        and (not @GUARDED_U@ or exists (select from @U@ u where u.@UK@ = l.user_id offset 0));
@@ -134,17 +138,17 @@ begin
     -- A pair whose contact (or, with row-level security on users, user) the engine cannot see
     -- (deleted behind the triggers' back, or hidden by a policy) is not synced, and says so
     -- rather than stay silently stale.
-    select count(*) into expected from usersync.links l where l.user_id = any(p_user_ids) and l.active;
+    select count(*) into expected from @LINKS@ l where l.user_id = any(p_user_ids) and l.active;
     if synced <> expected then
         perform usersync._lost_write(@C_REL@, 'read', expected, synced);
     end if;
-    delete from usersync.sync_errors e where e.user_id = any(p_user_ids);
+    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(p_user_ids::pg_catalog.text[]);
 end
 $body$;
 $tpl$),
 
-('_g_link(bigint[])', $tpl$
-create or replace function usersync._g_link(p_user_ids bigint[])
+('@G@link(@UKT@[])', $tpl$
+create or replace function usersync.@G@link(p_user_ids @UKT@[])
 returns bigint language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     expected bigint;
@@ -154,22 +158,32 @@ begin
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
     -- Unless row-level security may only be hiding it: a new contact would then be a duplicate.
     if @GUARDED_C@ then
-        select count(*) into expected from usersync.links l
+        select count(*) into expected from @LINKS@ l
          where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
         if expected > 0 then
             perform usersync._lost_write(@C_REL@, 'read', expected, 0);
         end if;
     end if;
-    delete from usersync.links l
+    delete from @LINKS@ l
      where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
     -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
     -- with the user as the source again: that is what the switch means.
-    update usersync.links l set active = true, source = 'user'
+    update @LINKS@ l set active = true, source = 'user'
      where l.user_id = any(p_user_ids) and not l.active;
+    -- A shared key: a contact that already has the user's key is the user's contact (linked,
+    -- never duplicated), unless it belongs to another user of the pair.
+    if @SHARED@ then
+        insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
+        select u.@UK@, c.@CK@, 'user', true, 0
+          from @U@ u join @C@ c on c.@CK@ = @CID_U@
+         where u.@UK@ = any(p_user_ids) and u.@SW@
+           and not exists (select from @LINKS@ l where l.user_id = u.@UK@)
+           and not exists (select from @LINKS@ l where l.contact_id = c.@CK@);
+    end if;
     if @GUARDED_C@ then
         select count(*) into expected from @U@ u
          where u.@UK@ = any(p_user_ids) and u.@SW@
-           and not exists (select from usersync.links l where l.user_id = u.@UK@);
+           and not exists (select from @LINKS@ l where l.user_id = u.@UK@);
     end if;
     -- s(new_id, usr): the user's columns travel as one composite, so no column of the
     -- application's can clash with the engine's own.
@@ -178,9 +192,9 @@ begin
           from (select @U_SRC_U@
                   from @U@ u
                  where u.@UK@ = any(p_user_ids) and u.@SW@
-                   and not exists (select from usersync.links l where l.user_id = u.@UK@)) x),
+                   and not exists (select from @LINKS@ l where l.user_id = u.@UK@)) x),
     linked as (
-        insert into usersync.links (user_id, contact_id, source, active, mapping_version)
+        insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
         select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s)
     insert into @C@ (@CK@, @C_COLS@) @OVR@
     select s.new_id, @C_IMG_S@ from s;
@@ -190,17 +204,17 @@ begin
             perform usersync._lost_write(@C_REL@, 'insert', expected, written);
         end if;
     end if;
-    return (usersync._g_refresh(p_user_ids)).synced;
+    return (usersync.@G@refresh(p_user_ids)).synced;
 end
 $body$;
 $tpl$),
 
-('_g_sync_users(bigint[])', $tpl$
-create or replace function usersync._g_sync_users(p_user_ids bigint[])
+('@G@sync_users(@UKT@[])', $tpl$
+create or replace function usersync.@G@sync_users(p_user_ids @UKT@[])
 returns bigint language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
-    unknown bigint[];
-    ids bigint[];
+    unknown @UKT@[];
+    ids @UKT@[];
 begin
     if p_user_ids is not null then
         select pg_catalog.array_agg(x.id order by x.id) into unknown
@@ -214,19 +228,19 @@ begin
     end if;
     -- Repairs, for writes that bypassed the triggers (session_replication_role = replica, ...):
     -- a link whose switch is off ends; a link whose user is gone is forgotten.
-    update usersync.links l set active = false
+    update @LINKS@ l set active = false
       from @U@ u
      where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids));
     -- (Not while row-level security may only be hiding the user: that pair would be lost.)
     if @GUARDED_U@ then
-        select array_agg(l.user_id) into unknown from usersync.links l
+        select array_agg(l.user_id) into unknown from @LINKS@ l
          where (p_user_ids is null or l.user_id = any(p_user_ids))
            and not exists (select from @U@ u where u.@UK@ = l.user_id);
         if unknown is not null then
             perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
         end if;
     end if;
-    delete from usersync.links l
+    delete from @LINKS@ l
      where (p_user_ids is null or l.user_id = any(p_user_ids))
        and not exists (select from @U@ u where u.@UK@ = l.user_id);
     ids := array(select u.@UK@ from @U@ u
@@ -234,16 +248,16 @@ begin
     if pg_catalog.cardinality(ids) = 0 then
         return 0;
     end if;
-    return usersync._g_link(ids);
+    return usersync.@G@link(ids);
 exception when data_exception or integrity_constraint_violation then
-    perform usersync._explain_failure(ids);
+    perform usersync._explain_failure(@PAIR@, ids::pg_catalog.text[]);
     raise;
 end
 $body$;
 $tpl$),
 
-('_g_on_users_insert()', $tpl$
-create or replace function usersync._g_on_users_insert()
+('@G@on_users_insert()', $tpl$
+create or replace function usersync.@G@on_users_insert()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     expected bigint;
@@ -251,12 +265,17 @@ declare
     visible bigint;
 begin
     @TRY@
-    if exists (select from new_rows n where n.@SW@) then
+    if @SHARED@ then
+        -- A shared key may meet a contact that already has it: linked, not duplicated (see link).
+        if exists (select from new_rows n where n.@SW@) then
+            perform usersync.@G@link(array(select n.@UK@ from new_rows n where n.@SW@));
+        end if;
+    elsif exists (select from new_rows n where n.@SW@) then
         with s as materialized (
             select @CID@ as new_id, x as usr from (select @U_SRC_N@ from new_rows n where n.@SW@) x),
         linked as (
             -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
-            insert into usersync.links (user_id, contact_id, source, active, mapping_version)
+            insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
             select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s
             on conflict (user_id) do update
                set contact_id = excluded.contact_id, source = 'user', active = true,
@@ -271,7 +290,7 @@ begin
             end if;
             -- (every new contact must be visible, or a policy could hide a changed value)
             select count(*) filter (where not (@KEPT_CN@)), count(*) into written, visible
-              from new_rows n join usersync.links l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
+              from new_rows n join @LINKS@ l on l.user_id = n.@UK@ join @C@ c on c.@CK@ = l.contact_id
              where n.@SW@;
             if visible <> expected then
                 perform usersync._lost_write(@C_REL@, 'read', expected, visible);
@@ -282,7 +301,7 @@ begin
         end if;
     end if;
     @CATCH@
-        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        perform usersync._explain_failure(@PAIR@, array(select n.@UK@::pg_catalog.text from new_rows n where n.@SW@));
         raise;
     @END_CATCH@
     return null;
@@ -290,12 +309,12 @@ end
 $body$;
 $tpl$),
 
-('_g_on_users_update()', $tpl$
-create or replace function usersync._g_on_users_update()
+('@G@on_users_update()', $tpl$
+create or replace function usersync.@G@on_users_update()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     r record;
-    switched_on bigint[] := '{}';
+    switched_on @UKT@[] := '{}';
     expected bigint;
     written bigint;
     any_reversed boolean;
@@ -307,12 +326,12 @@ begin
     -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
     -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
     -- is this a bulk statement? EXCEPT, not a join: hashing or sorting, never quadratic.
-    select exists (select from usersync.links l where l.active and l.source = 'contact'),
+    select exists (select from @LINKS@ l where l.active and l.source = 'contact'),
            s.synced_version < @V@,
            exists ((select n.@UK@, n.@SW@ from new_rows n) except (select o.@UK@, o.@SW@ from old_rows o)),
            exists (select from new_rows offset @BULK_ROWS@)
       into any_reversed, any_stale, any_switched, usersync_bulk
-      from usersync.mapping_state s;
+      from usersync.mapping_state s where s.pair = @PAIR@;
 
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
@@ -320,7 +339,7 @@ begin
         /*dual into r*/
         select n.@UK@ as user_id, l.contact_id, @U_FIRST_CHANGED@ as field into r
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
-          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
+          join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'contact'
          where @U_CHANGED@
          limit 1;
         /*end*/
@@ -341,7 +360,7 @@ begin
         select o.@UK@ as user_id into r
           from old_rows o
          where not exists (select from new_rows n where n.@UK@ = o.@UK@)
-           and exists (select from usersync.links l where l.user_id = o.@UK@)
+           and exists (select from @LINKS@ l where l.user_id = o.@UK@)
          limit 1;
         /*end*/
         if r.user_id is not null then
@@ -352,17 +371,17 @@ begin
         end if;
         -- Switched off: the link ends, the contact stays as an ordinary contact.
         /*dual*/
-        update usersync.links l set active = false
+        update @LINKS@ l set active = false
           from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
         /*end*/
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
         /*dual into switched_on*/
         select array(select n.@UK@ from new_rows n
-                      where n.@SW@ and not exists (select from usersync.links l
+                      where n.@SW@ and not exists (select from @LINKS@ l
                                                     where l.user_id = n.@UK@ and l.active)) into switched_on;
         /*end*/
         if pg_catalog.cardinality(switched_on) > 0 then
-            perform usersync._g_link(switched_on);
+            perform usersync.@G@link(switched_on);
         end if;
     end if;
 
@@ -373,7 +392,7 @@ begin
         select count(*) into expected
           from new_rows n
           join old_rows o on o.@UK@ = n.@UK@
-          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+          join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
          where n.@SW@ and @U_CHANGED@
            and not n.@UK@ = any(switched_on);
         /*end*/
@@ -382,7 +401,7 @@ begin
     update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
       from new_rows n
       join old_rows o on o.@UK@ = n.@UK@
-      join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+      join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
      where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
        and not n.@UK@ = any(switched_on);
     /*end*/
@@ -395,7 +414,7 @@ begin
         select count(*) into written
           from new_rows n
           join old_rows o on o.@UK@ = n.@UK@
-          join usersync.links l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+          join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
           join @C@ c on c.@CK@ = l.contact_id
          where n.@SW@ and @U_CHANGED@ and not n.@UK@ = any(switched_on) and not (@KEPT_CN@);
         /*end*/
@@ -407,14 +426,14 @@ begin
     -- worth a look while a mapping change has not been resynced everywhere yet.
     if any_stale then
         /*dual*/
-        update usersync.links l set mapping_version = @V@, synced_at = pg_catalog.now()
+        update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
           from new_rows n join old_rows o on o.@UK@ = n.@UK@
          where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
            and n.@SW@ and @U_CHANGED@;
         /*end*/
     end if;
     @CATCH@
-        perform usersync._explain_failure(array(select n.@UK@ from new_rows n where n.@SW@));
+        perform usersync._explain_failure(@PAIR@, array(select n.@UK@::pg_catalog.text from new_rows n where n.@SW@));
         raise;
     @END_CATCH@
     return null;
@@ -422,8 +441,8 @@ end
 $body$;
 $tpl$),
 
-('_g_on_users_delete()', $tpl$
-create or replace function usersync._g_on_users_delete()
+('@G@on_users_delete()', $tpl$
+create or replace function usersync.@G@on_users_delete()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     r record;
@@ -431,10 +450,10 @@ declare
     written bigint;
     usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
-    if exists (select from usersync.links l where l.active and l.source = 'contact') then
+    if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         /*dual into r*/
         select o.@UK@ as user_id, l.contact_id into r
-          from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
+          from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'contact'
          limit 1;
         /*end*/
         if r.user_id is not null then
@@ -447,16 +466,16 @@ begin
                                          r.contact_id, r.user_id);
         end if;
     end if;
-    if (select s.delete_contact_with_user from usersync.settings s) then
+    if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
         if @GUARDED_C@ then
             /*dual into expected*/
             select count(*) into expected
-              from old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user';
+              from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user';
             /*end*/
         end if;
         /*dual*/
         delete from @C@ c
-         using old_rows o join usersync.links l on l.user_id = o.@UK@ and l.active and l.source = 'user'
+         using old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user'
          where c.@CK@ = l.contact_id;
         /*end*/
         if @GUARDED_C@ then
@@ -468,57 +487,57 @@ begin
     end if;
     -- Without the toggle the contact stays, unlinked and editable.
     /*dual*/
-    delete from usersync.links l using old_rows o where l.user_id = o.@UK@;
+    delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
     /*dual*/
-    delete from usersync.sync_errors e using old_rows o where e.user_id = o.@UK@;
+    delete from usersync.sync_errors e using old_rows o where e.pair = @PAIR@ and e.user_id = o.@UK@::pg_catalog.text;
     /*end*/
     return null;
 end
 $body$;
 $tpl$),
 
-('_g_on_users_truncate()', $tpl$
-create or replace function usersync._g_on_users_truncate()
+('@G@on_users_truncate()', $tpl$
+create or replace function usersync.@G@on_users_truncate()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     expected bigint;
     written bigint;
 begin
-    if exists (select from usersync.links l where l.active and l.source = 'contact') then
+    if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         raise exception using errcode = 'US002',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
             detail = 'Reversed pairs make those users read-only.',
             hint = 'Delete their contacts, or restore the direction with usersync.set_sync_source(user_id, ''user''), first.';
     end if;
     -- TRUNCATE skips row triggers; apply the delete rules to every pair at once instead.
-    if (select s.delete_contact_with_user from usersync.settings s) then
-        select count(*) into expected from usersync.links l where l.active and l.source = 'user';
-        delete from @C@ c using usersync.links l where c.@CK@ = l.contact_id and l.active and l.source = 'user';
+    if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
+        select count(*) into expected from @LINKS@ l where l.active and l.source = 'user';
+        delete from @C@ c using @LINKS@ l where c.@CK@ = l.contact_id and l.active and l.source = 'user';
         get diagnostics written = row_count;
         if @GUARDED_C@ and written <> expected then
             perform usersync._lost_write(@C_REL@, 'delete', expected, written);
         end if;
     end if;
-    delete from usersync.links;
-    delete from usersync.sync_errors;
+    delete from @LINKS@;
+    delete from usersync.sync_errors e where e.pair = @PAIR@;
     return null;
 end
 $body$;
 $tpl$),
 
-('_g_on_contact_update()', $tpl$
-create or replace function usersync._g_on_contact_update()
+('@G@on_contact_update()', $tpl$
+create or replace function usersync.@G@on_contact_update()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
-    l usersync.links;
+    l @LINKS@;
     written bigint;
 begin
-    select * into l from usersync.links where contact_id = old.@CK@ and active;
+    select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         -- A remembered contact (its user switched off) is found again by its key.
         if new.@CK@ is distinct from old.@CK@ then
-            select * into l from usersync.links x where x.contact_id = old.@CK@;
+            select * into l from @LINKS@ x where x.contact_id = old.@CK@;
         end if;
         if l.user_id is not null then
             raise exception using errcode = 'US008',
@@ -529,12 +548,17 @@ begin
         return null;
     end if;
     if l.source = 'user' then
+        -- Its user is gone: a foreign key's ON DELETE SET NULL / SET DEFAULT updates the contact
+        -- while the user's delete runs; the engine's delete trigger then ends the pair.
+        if not exists (select from @U@ u where u.@UK@ = l.user_id) then
+            return null;
+        end if;
         raise exception using errcode = 'US001',
             message = pg_catalog.format('contact %s is synchronized from user %s and cannot be edited', old.@CK@, l.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
-            hint = pg_catalog.format('Edit user %s instead; or switch its synchronization off (UPDATE ... SET %s = false), '
-                                     'or reverse the direction: SELECT usersync.set_sync_source(%s, ''contact'')',
-                                     l.user_id, @SW_LIT@, l.user_id);
+            hint = pg_catalog.format('Edit user %s instead; or %s, '
+                                     'or reverse the direction: SELECT usersync.set_sync_source(%L, ''contact'')',
+                                     l.user_id, @SW_HINT@, l.user_id);
     end if;
     if new.@CK@ is distinct from old.@CK@ then
         raise exception using errcode = 'US008',
@@ -555,7 +579,7 @@ begin
             end if;
         end if;
         @CATCH@
-            perform usersync._explain_failure(array[l.user_id]);
+            perform usersync._explain_failure(@PAIR@, array[l.user_id::pg_catalog.text]);
             raise;
         @END_CATCH@
     end if;
@@ -564,46 +588,56 @@ end
 $body$;
 $tpl$),
 
-('_g_on_contact_delete_before()', $tpl$
-create or replace function usersync._g_on_contact_delete_before()
+('@G@on_contact_delete_before()', $tpl$
+create or replace function usersync.@G@on_contact_delete_before()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
-    l usersync.links;
+    l @LINKS@;
 begin
-    select * into l from usersync.links where contact_id = old.@CK@ and active;
+    select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         return old;
     end if;
     if l.source = 'user' then
+        -- Its user is gone: a foreign key's ON DELETE CASCADE (profiles.id references users)
+        -- deletes the contact while the user's delete runs, which is allowed.
+        if not exists (select from @U@ u where u.@UK@ = l.user_id) then
+            return old;
+        end if;
         raise exception using errcode = 'US001',
             message = pg_catalog.format('contact %s is synchronized from user %s and cannot be deleted', old.@CK@, l.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
             hint = pg_catalog.format('Delete user %s (the setting delete_contact_with_user decides what happens to the contact), '
-                                     'or switch its synchronization off first', l.user_id);
+                                     'or %s first', l.user_id, @SW_HINT@);
     end if;
     return old;
 end
 $body$;
 $tpl$),
 
-('_g_on_contact_delete_after()', $tpl$
-create or replace function usersync._g_on_contact_delete_after()
+('@G@on_contact_delete_after()', $tpl$
+create or replace function usersync.@G@on_contact_delete_after()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
-    l usersync.links;
+    l @LINKS@;
     written bigint;
 begin
-    select * into l from usersync.links where contact_id = old.@CK@;
+    select * into l from @LINKS@ where contact_id = old.@CK@;
     if not found then
         return null;
     end if;
-    delete from usersync.links where user_id = l.user_id;
-    delete from usersync.sync_errors where user_id = l.user_id;
-    if l.active then  -- a reversed pair (user-sourced contacts cannot get here)
-        if (select s.delete_user_with_contact from usersync.settings s) then
+    delete from @LINKS@ where user_id = l.user_id;
+    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = l.user_id::pg_catalog.text;
+    -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
+    -- a foreign key's ON DELETE CASCADE.)
+    if l.active and l.source = 'contact' then
+        if (select s.delete_user_with_contact from usersync.settings s where s.pair = @PAIR@) then
             delete from @U@ u where u.@UK@ = l.user_id;
-        else
+        elsif @HAS_SW@ then
             update @U@ u set @SW@ = false where u.@UK@ = l.user_id;
+        else
+            -- No switch: the user stays, without a contact until usersync.sync_users() makes one.
+            return null;
         end if;
         if @GUARDED_U@ then
             get diagnostics written = row_count;
@@ -617,29 +651,29 @@ end
 $body$;
 $tpl$),
 
-('_g_on_contacts_truncate()', $tpl$
-create or replace function usersync._g_on_contacts_truncate()
+('@G@on_contacts_truncate()', $tpl$
+create or replace function usersync.@G@on_contacts_truncate()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 declare
     n bigint;
-    example usersync.links;
+    example @LINKS@;
 begin
-    select count(*) into n from usersync.links l where l.active and l.source = 'user';
+    select count(*) into n from @LINKS@ l where l.active and l.source = 'user';
     if n > 0 then
-        select * into example from usersync.links l where l.active and l.source = 'user' order by l.user_id limit 1;
+        select * into example from @LINKS@ l where l.active and l.source = 'user' order by l.user_id limit 1;
         raise exception using errcode = 'US001',
             message = pg_catalog.format('cannot truncate %s: %s contact(s) are synchronized from users (contact %s from user %s, ...)',
                                         tg_table_name, n, example.contact_id, example.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
-            hint = pg_catalog.format('Switch synchronization off for those users first (UPDATE ... SET %s = false).', @SW_LIT@);
+            hint = pg_catalog.format('First %s.', @SW_HINT@);
     end if;
-    if exists (select from usersync.links l where l.active) then
+    if exists (select from @LINKS@ l where l.active) then
         raise exception using errcode = 'US004',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
             detail = 'TRUNCATE fires no row triggers, so the rule for deleting a source contact cannot be applied.',
             hint = 'Use DELETE, which applies delete_user_with_contact to each pair.';
     end if;
-    delete from usersync.links;  -- remembered contacts of switched-off users are about to vanish
+    delete from @LINKS@;  -- remembered contacts of switched-off users are about to vanish
     return null;
 end
 $body$;

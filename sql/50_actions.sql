@@ -1,73 +1,121 @@
 -- 50_actions.sql: the public API of the engine, what admins and DBAs call.
 --
--- sync_users(user_ids)         "Synchronize users": (re)sync and repair the given users' pairs
--- resync_step(batch_size)      one batch of "Update all synchronized users", committed by the caller
--- resync_all(batch_size)       CALL it: every pair, a batch per transaction, resumable
--- set_sync_source(user_id, s)  reverse a pair ('contact') or restore it ('user')
--- synchronized_contacts        which contacts are user contacts, and whether they are up to date
+-- sync_users(user_ids, pair)         "Synchronize users": (re)sync and repair the given users' pairs
+-- resync_step(batch_size, pair)      one batch of "Update all synchronized users", committed by the caller
+-- resync_all(batch_size, pair)       CALL it: every pair, a batch per transaction, resumable
+-- set_sync_source(user_id, s, pair)  reverse a pair ('contact') or restore it ('user')
+--
+-- pair may be omitted where the database has one pair (usersync._only_pair). User ids are passed
+-- in the key's own type (a bigint[], a uuid[]) or as text, and are read in the key's type; a value
+-- that is not a key of the pair's users table is refused with US006.
 
-create or replace view usersync.synchronized_contacts as
-select l.contact_id,
-       l.user_id,
-       l.source,
-       l.synced_at,
-       l.mapping_version = s.version as up_to_date
-  from usersync.links l
- cross join usersync.mapping_state s
- where l.active;
-comment on view usersync.synchronized_contacts is
-    'User contacts (the "profile icon"); up_to_date is false when the mapping changed since the pair was last synced';
+-- The ids as an array of the pair's user key type (US006 when one is not a valid key).
+create or replace function usersync._user_ids(a usersync.attachments, p_ids text[])
+returns text  -- an SQL expression of the array, to EXECUTE with $1 = p_ids
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    ukt text := usersync._key_type(a.users, a.user_key);
+begin
+    begin
+        execute pg_catalog.format('select $1::%s[]', ukt) using p_ids;
+    exception when data_exception then
+        raise exception using errcode = 'US006',
+            message = pg_catalog.format('invalid user id(s) for pair %L: %s', a.pair, pg_catalog.array_to_string(p_ids, ', ', 'NULL')),
+            detail = pg_catalog.format('The key %I of %s is of type %s.', a.user_key, a.users, ukt),
+            hint = 'Pass keys of the pair''s users table.';
+    end;
+    return pg_catalog.format('$1::%s[]', ukt);
+end
+$$;
 
-create or replace function usersync.sync_users(user_ids bigint[] default null)
+create or replace function usersync._sync_users(p_pair text, p_ids text[])
 returns bigint
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    a usersync.attachments := usersync._pair(p_pair);
+    n bigint;
 begin
     -- Taken before any row lock, so it never waits while holding one.
     lock table usersync.config_lock in share mode;
-    return usersync._g_sync_users(user_ids);
+    execute pg_catalog.format('select usersync.%I(%s)', '_g' || a.id || '_sync_users', usersync._user_ids(a, p_ids))
+       into n using p_ids;
+    return n;
 end
 $$;
-comment on function usersync.sync_users(bigint[]) is
-    '"Synchronize users": (re)syncs the given users (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
 
-create or replace function usersync.resync_step(batch_size integer default 1000)
+create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
+returns bigint
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select usersync._sync_users(pair, user_ids::pg_catalog.text[])
+$$;
+comment on function usersync.sync_users(anycompatiblearray, text) is
+    '"Synchronize users": (re)syncs the given users of a pair (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
+
+create or replace function usersync.sync_users(pair text default null)
+returns bigint
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select usersync._sync_users(pair, null)
+$$;
+comment on function usersync.sync_users(text) is
+    '"Synchronize users": (re)syncs every user of the pair whose switch is on; sync_users(NULL) does the same';
+
+create or replace function usersync.resync_step(batch_size integer default 1000, pair text default null)
 returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_failed bigint,
                synced bigint, changed bigint, failed bigint, total bigint)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 -- The next batch's ids come from the links' primary key, a range after the cursor, whatever the
--- statistics (see usersync._g_refresh); the cursor is a plain range so a generic plan keeps it.
+-- statistics (see the generated refresh function). The cursor is kept as text and read back in
+-- the key's type, under the same settings whoever runs the next batch.
 set enable_seqscan = off
+set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
+set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 #variable_conflict use_column
 declare
+    a usersync.attachments := usersync._pair(resync_step.pair);
+    links text := usersync._links_table(a.id);
+    ukt text := usersync._key_type(a.users, a.user_key);
+    refresh text := pg_catalog.format('select r.synced, r.changed from usersync.%I($1::%s[]) r',
+                                      '_g' || a.id || '_refresh', ukt);
     st usersync.resync_state;
-    ids bigint[];
+    ids text[];
     ok bigint := 0;
     rewritten bigint := 0;
     bad bigint := 0;
     r record;
-    uid bigint;
+    uid text;
     d record;
     e_state text;
     e_msg text;
+    n bigint;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
             hint = 'Pass a positive number of pairs per batch, e.g. 1000.';
     end if;
     lock table usersync.config_lock in share mode;
-    -- One run at a time: the state row is the run's lock as well as its cursor.
-    select * into st from usersync.resync_state for update;
+    -- One run at a time per pair: the state row is the run's lock as well as its cursor.
+    select * into st from usersync.resync_state x where x.pair = a.pair for update;
     if found and st.finished_at is null and st.owner_pid is distinct from pg_catalog.pg_backend_pid()
-       and exists (select from pg_catalog.pg_stat_activity a where a.pid = st.owner_pid) then
+       and exists (select from pg_catalog.pg_stat_activity x where x.pid = st.owner_pid) then
         raise exception using errcode = 'US009',
-            message = pg_catalog.format('a resync run is in progress in session %s (started %s, %s of %s pairs done)',
-                                        st.owner_pid, st.started_at, st.synced + st.failed, st.total),
+            message = pg_catalog.format('a resync run of pair %L is in progress in session %s (started %s, %s of %s pairs done)',
+                                        a.pair, st.owner_pid, st.started_at, st.synced + st.failed, st.total),
             detail = 'Two runs side by side would each start the other over.',
             hint = pg_catalog.format('Wait for it to finish; to take it over, end that session first: '
                                      'SELECT pg_terminate_backend(%s)', st.owner_pid);
@@ -75,34 +123,34 @@ begin
     -- A finished run, or none: start one. A run whose mapping changed between two batches starts
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
     if not found or st.finished_at is not null
-       or st.mapping_version <> (select version from usersync.mapping_state) then
-        insert into usersync.resync_state (singleton, started_at, mapping_version, after_user_id, total, owner_pid)
-        values (true, pg_catalog.now(), (select version from usersync.mapping_state),
-                null, (select count(*) from usersync.links where active), pg_catalog.pg_backend_pid())
-        on conflict (singleton) do update
+       or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+        execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
+        insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
+        values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),
+                null, n, pg_catalog.pg_backend_pid())
+        on conflict (pair) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
                after_user_id = null, total = excluded.total, synced = 0, changed = 0, failed = 0,
                owner_pid = excluded.owner_pid
         returning * into st;
     end if;
 
-    ids := array(select l.user_id from usersync.links l
-                  where l.active and l.user_id > coalesce(st.after_user_id, -9223372036854775808)
-                  order by l.user_id limit resync_step.batch_size);
+    execute pg_catalog.format('select array(select l.user_id::pg_catalog.text from %s l'
+                              ' where l.active and ($1 is null or l.user_id > $1::%s) order by l.user_id limit $2)',
+                              links, ukt)
+       into ids using st.after_user_id, resync_step.batch_size;
     if pg_catalog.cardinality(ids) = 0 then
-        update usersync.resync_state set finished_at = pg_catalog.now() returning * into st;
+        update usersync.resync_state x set finished_at = pg_catalog.now() where x.pair = a.pair returning * into st;
         -- Every pair went through this run on the current mapping (a change restarts the run).
         if st.failed = 0 then
-            update usersync.mapping_state set synced_version = st.mapping_version;
+            update usersync.mapping_state s set synced_version = st.mapping_version where s.pair = a.pair;
         end if;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
 
     begin
-        select * into r from usersync._g_refresh(ids);
-        ok := r.synced;
-        rewritten := r.changed;
+        execute refresh into ok, rewritten using ids;
     exception when data_exception or integrity_constraint_violation or sqlstate 'US007' then
         -- Some pair in the batch holds a value its target cannot take: redo the batch pair by
         -- pair so the others still sync, and record each failure with its field.
@@ -110,17 +158,17 @@ begin
         rewritten := 0;
         foreach uid in array ids loop
             begin
-                select * into r from usersync._g_refresh(array[uid]);
+                execute refresh into r using array[uid];
                 ok := ok + r.synced;
                 rewritten := rewritten + r.changed;
             exception when data_exception or integrity_constraint_violation or sqlstate 'US007' then
                 get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
-                select * into d from usersync._diagnose(uid);
-                insert into usersync.sync_errors as e (user_id, contact_id, field, sqlstate, message)
-                values (uid, (select l.contact_id from usersync.links l where l.user_id = uid),
+                select * into d from usersync._diagnose(a.pair, uid);
+                insert into usersync.sync_errors as e (pair, user_id, contact_id, field, sqlstate, message)
+                values (a.pair, uid, d.contact_id,
                         case when d.user_field is not null then d.user_field || ' -> ' || d.contact_field end,
                         coalesce(d.sqlstate, e_state), coalesce(d.message, e_msg))
-                on conflict (user_id) do update
+                on conflict (pair, user_id) do update
                    set contact_id = excluded.contact_id, field = excluded.field, sqlstate = excluded.sqlstate,
                        message = excluded.message, occurred_at = pg_catalog.now();
                 bad := bad + 1;
@@ -128,86 +176,116 @@ begin
         end loop;
     end;
 
-    update usersync.resync_state
-       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = synced + ok, changed = changed + rewritten,
-           failed = failed + bad, owner_pid = pg_catalog.pg_backend_pid()  -- resuming an interrupted run takes it over
+    update usersync.resync_state x
+       set after_user_id = ids[pg_catalog.cardinality(ids)], synced = x.synced + ok, changed = x.changed + rewritten,
+           failed = x.failed + bad, owner_pid = pg_catalog.pg_backend_pid()  -- resuming an interrupted run takes it over
+     where x.pair = a.pair
     returning * into st;
     return query select false, ok, rewritten, bad, st.synced, st.changed, st.failed, st.total;
 end
 $$;
-comment on function usersync.resync_step(integer) is
-    'One batch of "Update all synchronized users" (starts a run or continues the unfinished one); commit after each call';
+comment on function usersync.resync_step(integer, text) is
+    'One batch of "Update all synchronized users" for a pair (starts a run or continues the unfinished one); commit after each call';
 
 -- Transaction control is not allowed in SECURITY DEFINER procedures, so this one runs as the
 -- caller (who needs EXECUTE on resync_step) and holds no privilege of its own.
-create or replace procedure usersync.resync_all(batch_size integer default 1000)
+create or replace procedure usersync.resync_all(batch_size integer default 1000, pair text default null)
 language plpgsql
 as $$
 declare
     r record;
 begin
     loop
-        select * into r from usersync.resync_step(batch_size);
+        select * into r from usersync.resync_step(batch_size, pair);
         commit;
         exit when r.done;
     end loop;
 end
 $$;
-comment on procedure usersync.resync_all(integer) is
-    '"Update all synchronized users": re-applies the mapping to every pair, committing each batch; resumes an interrupted run. CALL it outside a transaction block.';
+comment on procedure usersync.resync_all(integer, text) is
+    '"Update all synchronized users": re-applies the mapping to every pair of rows of a pair of tables, committing each batch; resumes an interrupted run. CALL it outside a transaction block.';
 
-create or replace function usersync.set_sync_source(user_id bigint, source text)
+create or replace function usersync.set_sync_source(user_id anycompatible, source text, pair text default null)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select usersync._set_sync_source(pair, user_id::pg_catalog.text, source)
+$$;
+comment on function usersync.set_sync_source(anycompatible, text, text) is
+    'Reverses a pair (''contact'': the contact becomes the data source) or restores it (''user'')';
+
+create or replace function usersync._set_sync_source(p_pair text, p_user_id text, p_source text)
 returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    l usersync.links;
-    m usersync.modules;
+    a usersync.attachments := usersync._pair(p_pair);
+    links text := usersync._links_table(a.id);
+    ukt text := usersync._key_type(a.users, a.user_key);
+    l record;
     linked boolean := false;
     found_user boolean;
+    other text;
 begin
-    if set_sync_source.user_id is null then
+    if p_user_id is null then
         raise exception using errcode = 'US006', message = 'the user id is NULL',
             hint = 'Pass the id of a user whose synchronization is on.';
     end if;
-    if set_sync_source.source is null or set_sync_source.source not in ('user', 'contact') then
+    if p_source is null or p_source not in ('user', 'contact') then
         raise exception using errcode = 'US006',
-            message = pg_catalog.format('invalid synchronization source %L', set_sync_source.source),
+            message = pg_catalog.format('invalid synchronization source %L', p_source),
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
+    end if;
+    perform usersync._user_ids(a, array[p_user_id]);  -- a valid key of the pair, or US006
+    -- The engine's writes to a users table skip every pair's triggers: a contact that wrote its
+    -- user would leave the user's other contacts behind. So a users table feeding several pairs
+    -- is the source of all of them.
+    if p_source = 'contact' then
+        select x.pair into other from usersync.attachments x where x.users = a.users and x.pair <> a.pair
+         order by x.pair limit 1;
+        if found then
+            raise exception using errcode = 'US006',
+                message = pg_catalog.format('pairs of %s cannot be reversed: the table feeds pairs %L and %L',
+                                            a.users, a.pair, other),
+                detail = 'A contact that wrote its user would leave the user''s contacts in the other pairs behind.',
+                hint = 'Reverse pairs only where the users table feeds one pair.';
+        end if;
     end if;
     lock table usersync.config_lock in share mode;
     -- Lock the pair source first (as every writer does), then re-read: the direction may have
     -- changed while this waited.
     loop
-        select * into l from usersync.links where links.user_id = set_sync_source.user_id and active;
-        if not found then
+        execute pg_catalog.format('select l.user_id, l.contact_id, l.source from %s l where l.user_id = $1::%s and l.active',
+                                  links, ukt) into l using p_user_id;
+        if l.user_id is null then
             exit;
         end if;
-        perform usersync._g_lock_pair(l.user_id, l.contact_id, l.source);
-        if exists (select from usersync.links x where x.user_id = l.user_id and x.active and x.source = l.source) then
-            linked := true;
-            exit;
-        end if;
+        execute pg_catalog.format('select usersync.%I($1, $2, $3)', '_g' || a.id || '_lock_pair')
+          using l.user_id, l.contact_id, l.source;
+        execute pg_catalog.format('select exists (select from %s x where x.user_id = $1::%s and x.active and x.source = $2)',
+                                  links, ukt) into linked using p_user_id, l.source;
+        exit when linked;
     end loop;
     if not linked then
-        select * into m from usersync.modules where module = 'users';
-        execute pg_catalog.format('select exists (select from %s u where u.%I = $1)', m.relation, m.key_column)
-          into found_user using set_sync_source.user_id;
+        execute pg_catalog.format('select exists (select from %s u where u.%I = $1::%s)', a.users, a.user_key, ukt)
+          into found_user using p_user_id;
         if not found_user then
             raise exception using errcode = 'US006',
-                message = pg_catalog.format('user %s does not exist', set_sync_source.user_id),
-                hint = pg_catalog.format('Pass the id of an existing user of %s.', m.relation);
+                message = pg_catalog.format('user %s does not exist', p_user_id),
+                hint = pg_catalog.format('Pass the id of an existing user of %s.', a.users);
         end if;
         raise exception using errcode = 'US006',
-            message = pg_catalog.format('user %s has no synchronized contact', set_sync_source.user_id),
-            hint = 'Switch "Synchronize user to contact module" on for the user first.';
+            message = pg_catalog.format('user %s has no synchronized contact', p_user_id),
+            hint = case when a.switch_column is null then 'Synchronize it first: SELECT usersync.sync_users()'
+                        else 'Switch "Synchronize user to contact module" on for the user first.' end;
     end if;
-    update usersync.links set source = set_sync_source.source where links.user_id = set_sync_source.user_id;
+    execute pg_catalog.format('update %s l set source = $2 where l.user_id = $1::%s', links, ukt)
+      using p_user_id, p_source;
     -- Leave the pair consistent with its (new) source at once.
-    perform usersync._g_refresh(array[set_sync_source.user_id]);
+    execute pg_catalog.format('select usersync.%I(array[$1::%s])', '_g' || a.id || '_refresh', ukt) using p_user_id;
 end
 $$;
-comment on function usersync.set_sync_source(bigint, text) is
-    'Reverses a pair (''contact'': the contact becomes the data source) or restores it (''user'')';

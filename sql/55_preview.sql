@@ -82,7 +82,7 @@ $$;
 -- The SQL expression of the value a resync would write into the target field of a mapped pair
 -- of fields, from the source row named p_alias: the user's field into the contact's
 -- (p_to_contact), or the contact's into the user's (reversed pairs).
-create or replace function usersync._preview_image(p_to_contact boolean, p_alias text, p_user_field text,
+create or replace function usersync._preview_image(p_pair text, p_to_contact boolean, p_alias text, p_user_field text,
                                                    p_contact_field text)
 returns text
 language plpgsql
@@ -97,13 +97,13 @@ declare
 begin
     if p_to_contact then
         return usersync._preview_assigned(pg_catalog.format('%s.%I', p_alias, p_user_field),
-                                          (select m.relation from usersync.modules m where m.module = 'contacts'),
+                                          (select m.relation from usersync.modules m where m.pair = p_pair and m.module = 'contacts'),
                                           p_contact_field);
     end if;
     -- The engine's own choice: the contact's value as it is (then assigned), or an explicit cast.
-    rev := usersync._gen_reverse_expr(p_alias, p_contact_field, p_user_field);
+    rev := usersync._gen_reverse_expr(p_pair, p_alias, p_contact_field, p_user_field);
     if rev = pg_catalog.format('%s.%I', p_alias, p_contact_field) then
-        return usersync._preview_assigned(rev, (select m.relation from usersync.modules m where m.module = 'users'),
+        return usersync._preview_assigned(rev, (select m.relation from usersync.modules m where m.pair = p_pair and m.module = 'users'),
                                           p_user_field);
     end if;
     return rev;
@@ -283,7 +283,7 @@ $$;
 -- usersync._gen_contact_same). Only where a table has such constraints on what the engine
 -- writes: at level 0 the query reads the pairs a second time for them ("broken"), at levels 1
 -- and 2 they are one more row of each pair, tried only when its values all converted.
-create or replace function usersync._preview_sql(p_level integer, p_examples integer)
+create or replace function usersync._preview_sql(p_pair text, p_level integer, p_examples integer)
 returns text
 language plpgsql
 stable
@@ -318,15 +318,15 @@ declare
     pair_from text;
     broken text[] := '{}';
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
+    select * into mu from usersync.modules x where x.pair = p_pair and x.module = 'users';
+    select * into mc from usersync.modules x where x.pair = p_pair and x.module = 'contacts';
 
     for f in select cf.field as contact_field, cf.data_type, cf.data_type <> cf.user_data_type as retyped, cf.user_field
-               from usersync._gen_contact_fields() cf
+               from usersync._gen_contact_fields(p_pair) cf
               order by cf.position loop
         img := case when f.user_field is null then 'null'
                     when not f.retyped then pg_catalog.format('u.%I', f.user_field)
-                    else usersync._preview_image(true, 'u', f.user_field, f.contact_field) end;
+                    else usersync._preview_image(p_pair, true, 'u', f.user_field, f.contact_field) end;
         dif := usersync._preview_differs(mc.relation, f.contact_field, pg_catalog.format('c.%I', f.contact_field), img);
         c_written := c_written || pg_catalog.jsonb_build_object(
             f.contact_field, case when f.user_field is null then pg_catalog.format('cast(null as %s)', f.data_type) else img end);
@@ -334,7 +334,7 @@ begin
         c_differs := c_differs || dif;
         if careful and f.retyped then
             n := n + 1;
-            probe := usersync._preview_image(true, 'v', f.user_field, f.contact_field);
+            probe := usersync._preview_image(p_pair, true, 'v', f.user_field, f.contact_field);
             c_tries := c_tries || pg_catalog.format(
                 ' cross join lateral (select usersync._preview_error(%L, %L, u.%I) offset 0) e%s(err)',
                 probe, f.user_field, f.user_field, n);
@@ -352,18 +352,19 @@ begin
 
     for f in select m.user_field, m.contact_field, cf.data_type <> uf.data_type as retyped
                from usersync.field_mapping m
-               join usersync.metadata_fields uf on uf.module = 'users' and uf.field = m.user_field
-               join usersync.metadata_fields cf on cf.module = 'contacts' and cf.field = m.contact_field
+               join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
+               join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
+              where m.pair = p_pair
               order by uf.position loop
         img := case when not f.retyped then pg_catalog.format('c.%I', f.contact_field)
-                    else usersync._preview_image(false, 'c', f.user_field, f.contact_field) end;
+                    else usersync._preview_image(p_pair, false, 'c', f.user_field, f.contact_field) end;
         dif := usersync._preview_differs(mu.relation, f.user_field, pg_catalog.format('u.%I', f.user_field), img);
         u_written := u_written || pg_catalog.jsonb_build_object(f.user_field, img);
         u_any_retyped := u_any_retyped or f.retyped;
         u_differs := u_differs || dif;
         if careful and f.retyped then
             n := n + 1;
-            probe := usersync._preview_image(false, 'v', f.user_field, f.contact_field);
+            probe := usersync._preview_image(p_pair, false, 'v', f.user_field, f.contact_field);
             u_tries := u_tries || pg_catalog.format(
                 ' cross join lateral (select usersync._preview_error(%L, %L, c.%I) offset 0) e%s(err)',
                 probe, f.contact_field, f.contact_field, n);
@@ -398,8 +399,8 @@ begin
                                           else '(' || pg_catalog.array_to_string(u_differs, ' or ') || ')' end,
                                      u_check);
     end if;
-    pair_from := pg_catalog.format('usersync.links l join %s u on u.%I = l.user_id join %s c on c.%I = l.contact_id',
-                                   mu.relation, mu.key_column, mc.relation, mc.key_column);
+    pair_from := pg_catalog.format('%s l join %s u on u.%I = l.user_id join %s c on c.%I = l.contact_id',
+                                   usersync._links_table(mu.pair_id), mu.relation, mu.key_column, mc.relation, mc.key_column);
     if careful then
         -- One more row per pair, tried only when none of its values failed to convert.
         if c_check is not null then
@@ -447,11 +448,11 @@ begin
              where l.active and l.source = 'contact'),
         failed(user_id, contact_id, field, cur, new, differs, err) as (%6$s),
         changed as (select * from diffs d where d.differs %7$s)
-        select (select pg_catalog.count(*) from usersync.links l where l.active),
+        select (select pg_catalog.count(*) from %9$s l where l.active),
                (select pg_catalog.count(distinct x.user_id) from changed x),
                (select pg_catalog.count(distinct x.user_id) from failed x),
-               (select pg_catalog.count(*) from usersync.links l where l.active
-                   and l.mapping_version < (select s.version from usersync.mapping_state s)),
+               (select pg_catalog.count(*) from %9$s l where l.active
+                   and l.mapping_version < (select s.version from usersync.mapping_state s where s.pair = %10$L)),
                coalesce((select pg_catalog.jsonb_agg(
                                     case when x.failing
                                          then pg_catalog.jsonb_build_object('user_id', x.user_id, 'contact_id', x.contact_id,
@@ -469,19 +470,17 @@ begin
              -- stays inlined (one pass) in changed
              when pg_catalog.cardinality(broken) > 0 then pg_catalog.array_to_string(broken, ' union all ')
              -- no second reference to diffs: the fast query stays one pass, diffs inlined
-             else 'select null::pg_catalog.int8, null::pg_catalog.int8, null::pg_catalog.text,'
+             else 'select null::' || usersync._key_type(mu.relation, mu.key_column)
+                  || ', null::' || usersync._key_type(mc.relation, mc.key_column) || ', null::pg_catalog.text,'
                   ' null::pg_catalog.text, null::pg_catalog.text, null::pg_catalog.bool,'
                   ' null::pg_catalog.jsonb where false' end,
         case when careful or pg_catalog.cardinality(broken) > 0
              then 'and not exists (select from failed y where y.user_id = d.user_id)' else '' end,
-        p_examples);
+        p_examples, usersync._links_table(mu.pair_id), p_pair);
 end
 $$;
 
--- The return type changed (would_fail): CREATE OR REPLACE cannot change it. 90_install.sql gives
--- it back to usersync_engine and re-grants it to usersync_admin.
-drop function if exists usersync.preview_resync(integer);
-create or replace function usersync.preview_resync(examples integer default 5)
+create or replace function usersync.preview_resync(examples integer default 5, pair text default null)
 returns table (pairs bigint, would_change bigint, would_fail bigint, stale bigint, changes jsonb)
 language plpgsql
 stable
@@ -492,27 +491,28 @@ set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xml
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
 declare
+    p text := (usersync._pair(preview_resync.pair)).pair;
     q text;
 begin
     if examples is null or examples < 0 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid number of examples %s', examples),
             hint = 'Pass 0 or more.';
     end if;
-    q := usersync._preview_sql(0, examples);
+    q := usersync._preview_sql(p, 0, examples);
     begin
         execute q into pairs, would_change, would_fail, stale, changes;
     exception when data_exception or integrity_constraint_violation then
         -- Some value does not fit its target field: the run would record that pair in
         -- usersync.sync_errors and go on. Count and show such pairs instead of failing.
         begin
-            execute usersync._preview_sql(1, examples) into pairs, would_change, would_fail, stale, changes;
+            execute usersync._preview_sql(p, 1, examples) into pairs, would_change, would_fail, stale, changes;
         exception when data_exception or integrity_constraint_violation then
             -- A CHECK of a target table raises on some new row: the run records that pair too.
-            execute usersync._preview_sql(2, examples) into pairs, would_change, would_fail, stale, changes;
+            execute usersync._preview_sql(p, 2, examples) into pairs, would_change, would_fail, stale, changes;
         end;
     end;
     return next;
 end
 $$;
-comment on function usersync.preview_resync(integer) is
+comment on function usersync.preview_resync(integer, text) is
     'Dry run of resync_all: pairs, how many would change, how many would fail (and why), how many are stale, and a few example field changes';

@@ -13,12 +13,14 @@
 
 -- The types of the mapped fields when the engine was last generated: a retype is seen by
 -- comparing against them.
-create or replace function usersync._mapped_field_types()
+create or replace function usersync._mapped_field_types(p_pair text)
 returns jsonb language sql stable set search_path = pg_catalog, pg_temp as $$
     select coalesce(pg_catalog.jsonb_object_agg(f.module || '.' || f.field, f.data_type), '{}')
       from usersync.field_mapping m
       join usersync.metadata_fields f
-        on (f.module = 'users' and f.field = m.user_field) or (f.module = 'contacts' and f.field = m.contact_field)
+        on f.pair = m.pair
+       and ((f.module = 'users' and f.field = m.user_field) or (f.module = 'contacts' and f.field = m.contact_field))
+     where m.pair = p_pair
 $$;
 
 -- Runs as the installing role, inside the DDL guard's event triggers.
@@ -26,14 +28,15 @@ create or replace function usersync._check_dependencies(p_missing_triggers_allow
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 set quote_all_identifiers = off  -- format_type() is compared with what the generator recorded
 as $$
 declare
     m record;
-    recorded jsonb := (select s.field_types from usersync.mapping_state s);
     t record;
 begin
-    for m in select mo.module, mo.relation, mo.key_column, mo.switch_column from usersync.modules mo loop
+    for m in select mo.pair, mo.pair_id, mo.module, mo.relation, mo.key_column, mo.switch_column
+               from usersync.modules mo order by mo.pair_id, mo.module loop
         for t in select c.col from (values (m.key_column), (m.switch_column)) c(col)
                   where c.col is not null
                     and not exists (select from pg_catalog.pg_attribute a
@@ -73,7 +76,7 @@ begin
                 detail = 'Writes through the parent would not fire the engine''s triggers on the module table.',
                 hint = 'Keep the module table on its own.';
         end loop;
-        -- The engine's policy, as usersync._attach() made it (missing only while installing).
+        -- The engine's policy, as usersync.attach() made it (missing only while attaching).
         if exists (select from pg_catalog.pg_policy p where p.polrelid = m.relation and p.polname = 'usersync_engine'
                       and not (p.polpermissive and p.polcmd = '*'
                                and p.polroles = array[(select r.oid from pg_catalog.pg_roles r
@@ -99,7 +102,7 @@ begin
                 hint = 'Use a trigger instead of a rule.';
         end loop;
         for t in select et.name, et.fn, tg.tgname, tg.tgenabled
-                   from usersync._engine_triggers() et
+                   from usersync._engine_triggers(m.pair_id) et
                    left join pg_catalog.pg_trigger tg
                      on tg.tgrelid = m.relation and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
                   where et.module = m.module
@@ -113,19 +116,22 @@ begin
                                                  when t.tgname <> t.name::name then 'as it is named'
                                                  else 'enabled' end),
                 detail = 'Without it, writes to the module would bypass the synchronization.',
-                hint = 'To stop synchronizing a user, switch it off; to uninstall usersync: DROP SCHEMA usersync CASCADE.';
+                hint = pg_catalog.format('To stop synchronizing the pair: SELECT usersync.detach(%L).', m.pair);
         end loop;
     end loop;
-    for m in select fm.user_field, fm.contact_field from usersync.field_mapping fm order by 1 loop
+    for m in select fm.pair, fm.user_field, fm.contact_field, s.field_types as recorded
+               from usersync.field_mapping fm join usersync.mapping_state s on s.pair = fm.pair
+              order by 1, 2 loop
         for t in select x.module, x.field from (values ('users', m.user_field), ('contacts', m.contact_field)) x(module, field)
-                  where usersync._field_type(x.module, x.field) is distinct from recorded ->> (x.module || '.' || x.field) loop
+                  where usersync._field_type(m.pair, x.module, x.field)
+                        is distinct from m.recorded ->> (x.module || '.' || x.field) loop
             raise exception using errcode = 'US005',
                 message = pg_catalog.format('%s field "%s" is used by the field mapping (%s -> %s) and cannot be %s',
                                             rtrim(t.module, 's'), t.field, m.user_field, m.contact_field,
-                                            case when usersync._field_type(t.module, t.field) is null then 'dropped or renamed'
+                                            case when usersync._field_type(m.pair, t.module, t.field) is null then 'dropped or renamed'
                                                  else 'retyped' end),
-                hint = pg_catalog.format('Unmap it first: DELETE FROM usersync.field_mapping WHERE user_field = %L',
-                                         m.user_field);
+                hint = pg_catalog.format('Unmap it first: DELETE FROM usersync.field_mapping WHERE pair = %L AND user_field = %L',
+                                         m.pair, m.user_field);
         end loop;
     end loop;
 end
@@ -153,6 +159,7 @@ returns event_trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 as $$
 declare
     o record;
@@ -161,14 +168,22 @@ begin
                 where d.object_type = 'schema' and d.object_name = 'usersync') then
         return;  -- uninstalling
     end if;
-    for o in select d.* , mo.module, mo.relation from pg_catalog.pg_event_trigger_dropped_objects() d
+    for o in select d.* , mo.module, mo.relation, mo.pair from pg_catalog.pg_event_trigger_dropped_objects() d
                join usersync.modules mo on mo.relation = d.objid and d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass loop
         if o.object_type = 'table' then
             raise exception using errcode = 'US005',
-                message = pg_catalog.format('table %s is the %s module synchronized by usersync and cannot be dropped',
-                                            o.object_identity, o.module),
-                hint = 'Uninstall usersync first: usersync uninstall.';
+                message = pg_catalog.format('table %s is the %s table of pair %L synchronized by usersync and cannot be dropped',
+                                            o.object_identity, o.module, o.pair),
+                hint = pg_catalog.format('Detach the pair first: SELECT usersync.detach(%L).', o.pair);
         end if;
+    end loop;
+    -- A pair's links table goes with its pair (usersync.detach), not on its own.
+    for o in select d.object_identity, a.pair from pg_catalog.pg_event_trigger_dropped_objects() d
+               join usersync.attachments a on d.object_type = 'table' and d.schema_name = 'usersync'
+                                          and d.object_name = 'links_' || a.id loop
+        raise exception using errcode = 'US005',
+            message = pg_catalog.format('table %s holds the links of pair %L and cannot be dropped', o.object_identity, o.pair),
+            hint = pg_catalog.format('Detach the pair instead: SELECT usersync.detach(%L).', o.pair);
     end loop;
     -- The engine's policy on a module table: without it, row-level security would hide rows from it.
     for o in select d.object_identity from pg_catalog.pg_event_trigger_dropped_objects() d
@@ -212,33 +227,31 @@ begin
     -- Recorded in a table no other role can write (a setting could be cleared by the USING
     -- expression of the very ALTER that rewrites); read and cleared at ddl_command_end.
     insert into usersync.rewrites (relation)
-    select mo.relation from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid();
+    select distinct mo.relation from usersync.modules mo where mo.relation = pg_catalog.pg_event_trigger_table_rewrite_oid();
 end
 $$;
 
 -- After a module table was rewritten: its keys and switches must still match the links (else
 -- refused). Mapped values may have changed too: usersync._on_ddl_end then syncs every pair.
-create or replace function usersync._check_rewrite()
+create or replace function usersync._check_rewrite(p_pair text)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    mu usersync.modules;
-    mc usersync.modules;
+    a usersync.attachments := usersync._pair(p_pair);
     broken boolean;
 begin
-    select * into mu from usersync.modules where module = 'users';
-    select * into mc from usersync.modules where module = 'contacts';
     execute pg_catalog.format(
-        'select exists (select from usersync.links l where not exists (select from %1$s u where u.%2$I = l.user_id))'
-        ' or exists (select from usersync.links l where not exists (select from %3$s c where c.%4$I = l.contact_id))'
-        ' or exists (select from usersync.links l join %1$s u on u.%2$I = l.user_id where l.active <> u.%5$I)',
-        mu.relation, mu.key_column, mc.relation, mc.key_column, mu.switch_column) into broken;
+        'select exists (select from %6$s l where not exists (select from %1$s u where u.%2$I = l.user_id))'
+        ' or exists (select from %6$s l where not exists (select from %3$s c where c.%4$I = l.contact_id))'
+        ' or exists (select from %6$s l join %1$s u on u.%2$I = l.user_id where l.active <> %5$s)',
+        a.users, a.user_key, a.contacts, a.contact_key,
+        coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true'), usersync._links_table(a.id)) into broken;
     if broken then
         raise exception using errcode = 'US005',
-            message = 'this ALTER TABLE rewrote keys or switches of synchronized rows',
-            detail = 'A rewrite changes stored values without firing triggers; the links would no longer match.',
+            message = pg_catalog.format('this ALTER TABLE rewrote keys or switches of synchronized rows of pair %L', a.pair),
+            detail = 'The links of usersync and the rows they pair would no longer match.',
             hint = 'Change keys and switches with UPDATE (keys of linked rows cannot change), not with ALTER ... USING.';
     end if;
 end
@@ -249,55 +262,62 @@ returns event_trigger
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 set quote_all_identifiers = off
 as $$
 declare
-    rewritten boolean;
+    concerned text[];
+    rewritten regclass[];
     retyped boolean;
+    p text;
 begin
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
     if exists (select from pg_catalog.pg_inherits i join usersync.modules mo on mo.relation in (i.inhrelid, i.inhparent)) then
         perform usersync._check_dependencies(p_missing_triggers_allowed => true);
     end if;
-    -- A command on a module table, on an index, trigger, rule or policy of one, or on its schema.
-    if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
-                     join usersync.modules mo
-                       on mo.relation = case c.classid
-                            when 'pg_catalog.pg_class'::pg_catalog.regclass then
-                                coalesce((select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid), c.objid)
-                            when 'pg_catalog.pg_trigger'::pg_catalog.regclass then
-                                (select t.tgrelid from pg_catalog.pg_trigger t where t.oid = c.objid)
-                            when 'pg_catalog.pg_rewrite'::pg_catalog.regclass then
-                                (select r.ev_class from pg_catalog.pg_rewrite r where r.oid = c.objid)
-                            when 'pg_catalog.pg_policy'::pg_catalog.regclass then
-                                (select p.polrelid from pg_catalog.pg_policy p where p.oid = c.objid)
-                          end
-                       or (c.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
-                           and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))
-                       or (c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
-                           and exists (select from pg_catalog.pg_attribute a
-                                        where a.attrelid = mo.relation and a.attnum > 0 and a.atttypid = c.objid))) then
+    -- The pairs a command concerns: on one of their tables, on an index, trigger, rule or policy
+    -- of one, on its schema, or on the type of one of its columns.
+    concerned := array(
+        select distinct mo.pair
+          from pg_catalog.pg_event_trigger_ddl_commands() c
+          join usersync.modules mo
+            on mo.relation = case c.classid
+                 when 'pg_catalog.pg_class'::pg_catalog.regclass then
+                     coalesce((select i.indrelid from pg_catalog.pg_index i where i.indexrelid = c.objid), c.objid)
+                 when 'pg_catalog.pg_trigger'::pg_catalog.regclass then
+                     (select t.tgrelid from pg_catalog.pg_trigger t where t.oid = c.objid)
+                 when 'pg_catalog.pg_rewrite'::pg_catalog.regclass then
+                     (select r.ev_class from pg_catalog.pg_rewrite r where r.oid = c.objid)
+                 when 'pg_catalog.pg_policy'::pg_catalog.regclass then
+                     (select x.polrelid from pg_catalog.pg_policy x where x.oid = c.objid)
+               end
+            or (c.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                and c.objid = (select r.relnamespace from pg_catalog.pg_class r where r.oid = mo.relation))
+            or (c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                and exists (select from pg_catalog.pg_attribute a
+                             where a.attrelid = mo.relation and a.attnum > 0 and a.atttypid = c.objid))
+         order by 1);
+    if pg_catalog.cardinality(concerned) = 0 then
         return;
     end if;
     -- ALTER TYPE of a column's type (an enum value renamed): stored values read differently now.
     retyped := exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
                         where c.classid = 'pg_catalog.pg_type'::pg_catalog.regclass);
-    with done as (delete from usersync.rewrites w where w.xid = pg_catalog.pg_current_xact_id() returning 1)
-    select exists (select from done) into rewritten;
+    with done as (delete from usersync.rewrites w where w.xid = pg_catalog.pg_current_xact_id() returning w.relation)
+    select array(select distinct d.relation from done d) into rewritten;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
-    -- triggers are being created, possibly one by one by usersync._attach().
+    -- triggers are being created, possibly one by one by usersync.attach().
     perform usersync._check_dependencies(p_missing_triggers_allowed => true);
     perform usersync._lock_config_exclusive();
-    if rewritten then
-        perform usersync._check_rewrite();
-    end if;
-    if rewritten or retyped then
-        perform usersync._generate();
-        perform usersync._g_sync_users(null);  -- values changed behind the triggers
-        return;
-    end if;
-    perform usersync._generate();
+    foreach p in array concerned loop
+        perform usersync._generate(p);
+        if retyped or exists (select from usersync.attachments a
+                               where a.pair = p and (a.users = any(rewritten) or a.contacts = any(rewritten))) then
+            perform usersync._check_rewrite(p);
+            perform usersync._sync_users(p, null);  -- values changed behind the triggers
+        end if;
+    end loop;
 end
 $$;
 
@@ -311,6 +331,7 @@ create or replace function usersync._on_engine_ddl()
 returns event_trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 as $$
 declare
     engine pg_catalog.oid := (select r.oid from pg_catalog.pg_roles r where r.rolname = 'usersync_engine');

@@ -27,7 +27,7 @@ import psycopg.conninfo
 from psycopg import sql
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from pyapp import migrate, server
+from pyapp import examples, migrate, server
 from pyapp.config import Database
 
 CONNECT_TIMEOUT = 2
@@ -201,6 +201,7 @@ def build_template(srv: Server) -> str:
     db = Database(srv.conninfo(name), "test template")
     migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)  # the application's tables, attached as a pair
         conn.execute(sql.SQL("grant usersync_admin to {}").format(sql.Identifier(ADMIN_ROLE)))
         conn.execute(sql.SQL(
             "grant select, insert, update, delete, truncate on public.users, public.contacts to {}, {}"

@@ -38,7 +38,7 @@ def add_user(conn: psycopg.Connection, login: str, sync: bool = True, **fields: 
 
 
 def contact_id(conn: psycopg.Connection, user_id: int) -> int | None:
-    row = conn.execute("select contact_id from usersync.links where user_id = %s and active", [user_id]).fetchone()
+    row = conn.execute("select contact_id from usersync.links_1 where user_id = %s and active", [user_id]).fetchone()
     return row[0] if row else None
 
 
@@ -71,7 +71,7 @@ def mismatches(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
         else:
             checks.append(sql.SQL("c.{} is null").format(sql.Identifier(field)))
     user_sourced = sql.SQL(
-        "select l.user_id, l.contact_id, 'user' from usersync.links l"
+        "select l.user_id, l.contact_id, 'user' from usersync.links_1 l"
         " join users u on u.id = l.user_id left join contacts c on c.id = l.contact_id"
         " where l.active and l.source = 'user' and (c.id is null or not ({}))").format(sql.SQL(" and ").join(checks))
     rows = conn.execute(user_sourced).fetchall()
@@ -79,7 +79,7 @@ def mismatches(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
         sql.Identifier(uf), sql.Identifier(cf), sql.SQL(ufields[uf])) for cf, uf in mapping.items()]
     if back:
         reversed_ = sql.SQL(
-            "select l.user_id, l.contact_id, 'contact' from usersync.links l"
+            "select l.user_id, l.contact_id, 'contact' from usersync.links_1 l"
             " join users u on u.id = l.user_id left join contacts c on c.id = l.contact_id"
             " where l.active and l.source = 'contact' and (c.id is null or not ({}))").format(
                 sql.SQL(" and ").join(back))
@@ -90,7 +90,7 @@ def mismatches(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
 def broken_pairs(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
     """Pairs that break the invariant (mismatches), and links whose user or contact row is gone."""
     dangling = conn.execute(
-        "select l.user_id, l.contact_id, 'dangling' from usersync.links l"
+        "select l.user_id, l.contact_id, 'dangling' from usersync.links_1 l"
         " where l.active and (not exists (select from public.users u where u.id = l.user_id)"
         "                     or not exists (select from public.contacts c where c.id = l.contact_id))").fetchall()
     return mismatches(conn) + dangling

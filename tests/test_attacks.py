@@ -171,7 +171,7 @@ def app_deletes_a_synchronized_user(app, conn, plant):
     cid = contact_id(conn, uid)
     plant()
     app.execute("delete from public.users where id = %s", [uid])
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
     assert contact(conn, cid)["first_name"] == "A"
 
 
@@ -213,7 +213,7 @@ def app_deletes_the_contact_of_a_reversed_pair(app, conn, plant):
     plant()
     app.execute("delete from public.contacts where id = %s", [cid])
     assert one(conn, "select sync_to_contact from users where id = %s", [uid]) is False
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
 
 
 def app_writes_a_value_that_does_not_fit(app, conn, plant):
@@ -230,7 +230,7 @@ def app_truncates_users_then_contacts(app, conn, plant):
     add_user(conn, "a", first_name="A")
     plant()
     app.execute("truncate public.users")
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
     app.execute("truncate public.contacts")
     assert one(conn, "select count(*) from contacts") == 0
 
@@ -279,9 +279,9 @@ def admin_reverses_and_restores_a_pair(admin, conn, plant):
     uid = add_user(conn, "a", first_name="A")
     plant()
     admin.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
-    assert one(conn, "select source from usersync.links where user_id = %s", [uid]) == "contact"
+    assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "contact"
     admin.execute("select usersync.set_sync_source(%s, 'user')", [uid])
-    assert one(conn, "select source from usersync.links where user_id = %s", [uid]) == "user"
+    assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "user"
 
 
 def owner_adds_columns_and_an_index_to_the_modules(owner, conn, plant):

@@ -135,7 +135,7 @@ def test_renaming_an_enum_value_of_a_mapped_field_does_not_leave_pairs_wrong_and
     app_conn.execute("update users set level = 'junior' where id = %s", [uid])
     refused_or_done(owner_conn, "alter type public.level rename value 'junior' to 'intern'")
     wrong = [p for p in broken_pairs(conn) if p[0] == uid]
-    up_to_date = one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s", [uid])
+    up_to_date = one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid])
     assert wrong == [] or up_to_date is False
 
 
@@ -157,7 +157,7 @@ def test_a_contact_hidden_from_the_engine_cannot_hide_a_changed_value(owner_conn
         assert err.sqlstate == "US007"
         return
     cid = contact_id(conn, uid)
-    up_to_date = one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s", [uid])
+    up_to_date = one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid])
     assert contact(conn, cid)["first_name"] == "Alice" or up_to_date is False
 
 

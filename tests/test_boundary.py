@@ -60,8 +60,8 @@ def test_a_restrictive_policy_hiding_contacts_makes_syncing_fail_loudly(owner_co
     owner_conn.execute("drop policy hide_from_all on contacts")
     owner_conn.execute("create policy hide_from_all on contacts as restrictive using (false)")
     admin_conn.execute("call usersync.resync_all()")
-    assert one(conn, "select sqlstate from usersync.sync_errors where user_id = %s", [uid]) == "US007"
-    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s", [uid]) is False
+    assert one(conn, "select sqlstate from usersync.sync_errors where user_id = %s::text", [uid]) == "US007"
+    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid]) is False
 
 
 def test_a_before_trigger_that_skips_the_engines_write_makes_it_fail_loudly(owner_conn, app_conn, conn, pair):
@@ -74,7 +74,7 @@ def test_a_before_trigger_that_skips_the_engines_write_makes_it_fail_loudly(owne
     with raises_sqlstate("US007"):
         add_user(app_conn, "bob")
     assert contact(conn, cid)["first_name"] == "Alice"
-    assert one(conn, "select count(*) from usersync.links") == 1
+    assert one(conn, "select count(*) from usersync.links_1") == 1
 
 
 def test_the_owners_updated_at_trigger_and_defaults_keep_working(owner_conn, app_conn, conn, pair):
@@ -145,7 +145,7 @@ def test_keys_of_unlinked_rows_change_freely(app_conn, conn):
     app_conn.execute("update users set id = id + 1000 where id = %s", [uid])
     cid = one(conn, "insert into contacts (first_name) values ('plain') returning id")
     conn.execute("update contacts set id = id + 1000 where id = %s", [cid])
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
 
 
 # --- 6. Session settings --------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_every_function_that_converts_pins_the_same_settings(conn, admin_conn):
          where p.pronamespace = 'usersync'::regnamespace
            and exists (select from unnest(p.proconfig) c where c like 'DateStyle=%%')""").fetchall()
     names = {name for name, _ in configs}
-    assert {"_g_refresh", "_g_on_users_update", "_g_on_contact_update", "_diagnose", "_field_fits",
+    assert {"_g1_refresh", "_g1_on_users_update", "_g1_on_contact_update", "_diagnose", "_field_fits",
             "preview_resync"} <= names
     # (planner settings such as _g_refresh's enable_seqscan are not conversions)
     assert len({tuple(c for c in config if not c.startswith("enable_")) for _, config in configs}) == 1, configs
@@ -227,14 +227,14 @@ def test_no_unprivileged_role_can_hold_the_configuration_lock(app_conn, admin_co
 @pytest.mark.parametrize("who", ["owner_conn", "conn"])
 def test_an_engine_trigger_cannot_be_renamed(request, who, conn):
     with raises_sqlstate("US005"):
-        request.getfixturevalue(who).execute("alter trigger usersync_after_update on contacts rename to plain")
-    assert one(conn, "select count(*) from pg_trigger where tgname = 'usersync_after_update'") == 2
+        request.getfixturevalue(who).execute("alter trigger usersync_1_after_update on contacts rename to plain")
+    assert one(conn, "select count(*) from pg_trigger where tgname = 'usersync_1_after_update'") == 2
 
 
 def test_the_owner_cannot_drop_an_engine_trigger_whatever_it_is_called(owner_conn, conn, pair):
     with raises_sqlstate("US005"):
-        owner_conn.execute("drop trigger usersync_after_update on contacts")
+        owner_conn.execute("drop trigger usersync_1_after_update on contacts")
     with raises_sqlstate("US005"):
-        owner_conn.execute("drop trigger usersync_after_insert on users")
+        owner_conn.execute("drop trigger usersync_1_after_insert on users")
     with raises_sqlstate("US001"):  # the contact is still guarded
         owner_conn.execute("update contacts set first_name = 'x' where id = %s", [pair[1]])

@@ -25,8 +25,8 @@ def test_dropping_retyping_or_renaming_a_mapped_column_is_refused(conn, ddl):
     "alter table users drop column sync_to_contact",
     "alter table users rename column id to user_id",
     "alter table contacts disable trigger all",
-    "alter table users disable trigger usersync_after_update",
-    "alter table users enable replica trigger usersync_after_insert",
+    "alter table users disable trigger usersync_1_after_update",
+    "alter table users enable replica trigger usersync_1_after_insert",
     "drop table contacts",
     "drop table users cascade",
 ])
@@ -66,7 +66,7 @@ def test_uninstalling_with_drop_schema_is_allowed_and_leaves_plain_tables(conn):
 
 def _has_exception_block(conn) -> bool:
     return one(conn, "select prosrc like '%%exception when%%' from pg_proc"
-                     " where oid = 'usersync._g_on_users_update'::regproc")
+                     " where oid = 'usersync._g1_on_users_update'::regproc")
 
 
 def test_the_engine_pays_for_error_naming_only_when_a_synced_value_can_fail(conn):

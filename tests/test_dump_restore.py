@@ -10,7 +10,7 @@ import pytest
 from helpers import mismatches, one, raises_sqlstate
 
 import harness
-from pyapp import migrate
+from pyapp import examples, migrate
 from pyapp.config import Database
 
 
@@ -22,6 +22,7 @@ def test_a_dump_restored_into_an_empty_database_keeps_the_pairs_and_the_engine(
     source, target = new_database(), new_database()
     migrate.upgrade(source)
     with psycopg.connect(source.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
         conn.execute("insert into users (login, first_name, sync_to_contact)"
                      " select 'u' || g, 'U' || g, true from generate_series(1, 5) g")
         conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
@@ -32,14 +33,14 @@ def test_a_dump_restored_into_an_empty_database_keeps_the_pairs_and_the_engine(
     subprocess.run([str(pg_restore), "-d", target.conninfo, "--exit-on-error", str(dump)],
                    check=True, capture_output=True)
     with psycopg.connect(target.conninfo, autocommit=True) as conn:
-        assert one(conn, "select count(*) from usersync.links where active") == 5
+        assert one(conn, "select count(*) from usersync.links_1 where active") == 5
         assert one(conn, "select count(*) from usersync.field_mapping") == 8
         assert one(conn, "select delete_contact_with_user from usersync.settings") is True
         assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync%%'") == 8
         assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 5
         assert one(conn, "select count(*) from pg_policy where polname = 'usersync_engine'") == 2
         conn.execute("update users set academic_title = 'Dr' where id = 1")
-        assert one(conn, "select title from contacts c join usersync.links l on l.contact_id = c.id"
+        assert one(conn, "select title from contacts c join usersync.links_1 l on l.contact_id = c.id"
                          " where l.user_id = 1") == "Dr"
         with raises_sqlstate("US002"):
             conn.execute("update users set first_name = 'x' where id = 2")

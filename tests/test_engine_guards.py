@@ -69,7 +69,7 @@ def test_deleting_a_user_keeps_its_contact_unlinked_by_default(writer, conn, pai
     uid, cid = pair
     writer.execute("delete from users where id = %s", [uid])
     assert contact(conn, cid)["first_name"] == "Alice"
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
     writer.execute("update contacts set first_name = 'now editable' where id = %s", [cid])
 
 
@@ -79,7 +79,7 @@ def test_deleting_a_user_deletes_its_contact_when_the_toggle_is_on(writer, conn,
     admin_conn.execute("update usersync.settings set delete_contact_with_user = true")
     writer.execute("delete from users where id = %s", [uid])
     assert one(conn, "select array_agg(id) from contacts") == [plain]
-    assert one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
 
 
 def test_truncating_users_applies_the_delete_rule_to_every_pair(conn, admin_conn):
@@ -87,7 +87,7 @@ def test_truncating_users_applies_the_delete_rule_to_every_pair(conn, admin_conn
     add_user(conn, "b")
     keep = contact_id(conn, a)
     conn.execute("truncate users")
-    assert one(conn, "select count(*) from contacts") == 2 and one(conn, "select count(*) from usersync.links") == 0
+    assert one(conn, "select count(*) from contacts") == 2 and one(conn, "select count(*) from usersync.links_1") == 0
     conn.execute("update contacts set first_name = 'editable' where id = %s", [keep])
     add_user(conn, "c")
     admin_conn.execute("update usersync.settings set delete_contact_with_user = true")
@@ -137,7 +137,7 @@ class TestReversedPair:
         uid, cid = reversed_pair
         writer.execute("delete from contacts where id = %s", [cid])
         assert one(conn, "select sync_to_contact from users where id = %s", [uid]) is False
-        assert one(conn, "select count(*) from usersync.links") == 0
+        assert one(conn, "select count(*) from usersync.links_1") == 0
 
     def test_deleting_the_contact_deletes_the_user_when_the_toggle_is_on(self, writer, conn, admin_conn, reversed_pair):
         _uid, cid = reversed_pair
@@ -162,7 +162,7 @@ class TestReversedPair:
         uid, _cid = reversed_pair
         conn.execute("update users set sync_to_contact = false where id = %s", [uid])
         conn.execute("update users set sync_to_contact = true where id = %s", [uid])
-        assert one(conn, "select source from usersync.synchronized_contacts where user_id = %s", [uid]) == "user"
+        assert one(conn, "select source from usersync.synchronized_contacts where user_id = %s::text", [uid]) == "user"
 
 
 def test_set_sync_source_rejects_bad_input(admin_conn, conn, pair):

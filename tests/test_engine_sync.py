@@ -25,7 +25,7 @@ def test_user_inserted_with_switch_on_gets_a_contact_in_the_same_transaction(wri
     fields = (c["first_name"], c["last_name"], c["email"], c["department"])
     assert fields == ("Alice", "Liddell", "a@example.org", "R&D")
     assert c["title"] is None  # academic_title is not mapped by default
-    assert one(conn, "select source, up_to_date from usersync.synchronized_contacts where user_id = %s", [uid]) == (
+    assert one(conn, "select source, up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid]) == (
         "user", True)
 
 
@@ -104,8 +104,8 @@ def test_a_mapping_change_rewrites_nothing_until_the_next_sync(conn, admin_conn)
     # A later write uses the new mapping and brings that pair up to date.
     conn.execute("update users set first_name = 'Ida M.' where id = %s", [uid])
     assert contact(conn, cid)["title"] == "Prof."
-    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s", [uid]) is True
-    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s", [other]) is False
+    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid]) is True
+    assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [other]) is False
     assert one(admin_conn, "select usersync.sync_users()") == 2
     assert contact(conn, contact_id(conn, other))["title"] == "Dr."
     assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0

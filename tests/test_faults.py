@@ -101,4 +101,4 @@ def test_a_bulk_insert_failing_at_its_last_row_changes_nothing(conn):
                      " from generate_series(1, 50000) g")
     assert "contact (new)" in info.value.diag.message_primary and '"code"' in info.value.diag.message_primary
     assert one(conn, "select (select count(*) from users) + (select count(*) from contacts)"
-                     " + (select count(*) from usersync.links)") == 0
+                     " + (select count(*) from usersync.links_1)") == 0

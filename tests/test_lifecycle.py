@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pyapp import cli, migrate
+from pyapp import cli, examples, migrate
 from pyapp.config import Database
 
 runner = CliRunner()
@@ -21,6 +21,7 @@ def installed(new_database: Callable[[], Database]) -> Database:
     db = new_database()
     migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
         conn.execute("insert into users (login, first_name, sync_to_contact) values ('a', 'A', true), ('b', 'B', true)")
         conn.execute("insert into contacts (first_name) values ('plain')")
     return db
@@ -61,23 +62,22 @@ def test_uninstall_removes_every_object_of_usersync_and_no_application_data(inst
     with psycopg.connect(installed.conninfo, autocommit=True) as conn:  # plain tables again
         conn.execute("update contacts set first_name = 'edited'")
         conn.execute("delete from users")
-    # A reinstall after an uninstall works.
+    # A reinstall after an uninstall works, and attaches the same tables again.
     result = runner.invoke(cli.app, ["db", "upgrade", "--database-url", installed.conninfo])
     assert result.exit_code == 0, result.output
     with psycopg.connect(installed.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
         conn.execute("insert into users (login, sync_to_contact) values ('c', true)")
         assert conn.execute("select count(*) from usersync.synchronized_contacts").fetchone() == (1,)
 
 
 def test_destructive_commands_refuse_without_a_terminal_or_yes(installed: Database):
-    for args in (["uninstall"], ["db", "downgrade", "base"], ["db", "downgrade", "0001"]):
+    # (below 0004 usersync is uninstalled: the pairs of 0004 have no shape in 0001-0003)
+    for args in (["uninstall"], ["db", "downgrade", "base"], ["db", "downgrade", "0003"], ["db", "downgrade", "-1"]):
         result = runner.invoke(cli.app, [*args, "--database-url", installed.conninfo])
         assert result.exit_code == 2, (args, result.output)
-        assert "without --yes" in result.stderr and "2 links" in result.stderr
+        assert "without --yes" in result.stderr and "2 links" in result.stderr and "1 pair" in result.stderr
     assert _usersync_objects(installed)[0] == 1
-    # A downgrade that keeps the configuration needs no confirmation.
-    result = runner.invoke(cli.app, ["db", "downgrade", "-1", "--database-url", installed.conninfo])
-    assert result.exit_code == 0, result.output
     with psycopg.connect(installed.conninfo) as conn:
         assert conn.execute("select count(*) from usersync.links").fetchone() == (2,)
 
@@ -95,5 +95,9 @@ def test_upgrade_after_drop_schema_cascade_installs_again(installed: Database):
         conn.execute("drop schema usersync cascade")
         conn.execute("insert into users (login, sync_to_contact) values ('during', true)")  # no trigger left
     migrate.upgrade(installed)
+    assert _usersync_objects(installed)[:3] == (1, 0, 5)  # installed, nothing attached yet
+    with psycopg.connect(installed.conninfo, autocommit=True) as conn:
+        conn.execute("delete from contacts")  # (the links went with the schema: start the pair afresh)
+        examples.create_and_attach(conn)
     assert _usersync_objects(installed)[:3] == (1, 8, 5)
-    assert _application_data(installed)[1] == data[1]
+    assert _application_data(installed)[0] == data[0] + [(3, 'during', None, True)]

@@ -70,7 +70,7 @@ def make_machine(app: psycopg.Connection, admin: psycopg.Connection, su: psycopg
             su.execute("set session_replication_role = replica")
             su.execute("delete from contacts; delete from users")
             su.execute("set session_replication_role = origin")
-            su.execute("delete from usersync.links; delete from usersync.sync_errors;"
+            su.execute("delete from usersync.links_1; delete from usersync.sync_errors;"
                        " delete from usersync.resync_state")
             su.execute("update usersync.settings"
                        " set delete_contact_with_user = false, delete_user_with_contact = false")
@@ -89,7 +89,7 @@ def make_machine(app: psycopg.Connection, admin: psycopg.Connection, su: psycopg
             return cur.fetchone() if cur.description else None
 
         def new_link(self, uid: int) -> None:
-            row = su.execute("select contact_id from usersync.links where user_id = %s and active", [uid]).fetchone()
+            row = su.execute("select contact_id from usersync.links_1 where user_id = %s and active", [uid]).fetchone()
             assert row, f"user {uid} got no contact"
             self.m.links[uid] = Link(row[0])
             self.m.contacts[row[0]] = self.m.image(uid)
@@ -253,7 +253,7 @@ def make_machine(app: psycopg.Connection, admin: psycopg.Connection, su: psycopg
                         for r in su.execute("select id, title, first_name, email, notes from contacts")}
             assert contacts == self.m.contacts
             links = {r[0]: (r[1], r[2]) for r in su.execute(
-                "select user_id, contact_id, source from usersync.links where active")}
+                "select user_id, contact_id, source from usersync.links_1 where active")}
             assert links == {u: (lk.contact, lk.source) for u, lk in self.m.links.items() if lk.active}
             mapping = dict(su.execute("select user_field, contact_field from usersync.field_mapping").fetchall())
             assert mapping == self.m.mapping

@@ -68,7 +68,7 @@ def test_one_row_updates_after_a_bulk_update_scan_no_table_whole(conn: psycopg.C
     """The same promise as above, read from the transaction's own statistics: runs on any server."""
     conn.execute("insert into users (login, first_name, sync_to_contact)"
                  " select 'u' || g, 'F' || g, true from generate_series(1, %s) g", [BULK * 2])
-    conn.execute("analyze users, contacts, usersync.links")
+    conn.execute("analyze users, contacts, usersync.links_1")
     with conn.transaction():
         conn.execute("update users set first_name = first_name || 'x'")
 

@@ -42,7 +42,7 @@ def test_a_pair_that_fails_is_recorded_and_does_not_stop_the_run(conn, admin_con
     admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
     admin_conn.execute("call usersync.resync_all(10)")
     assert one(conn, "select synced, failed from usersync.resync_state") == (24, 1)
-    err = one(conn, "select user_id, contact_id, field, sqlstate from usersync.sync_errors")
+    err = one(conn, "select user_id::bigint, contact_id::bigint, field, sqlstate from usersync.sync_errors")
     assert err == (users[5], contact_id(conn, users[5]), "academic_title -> short_title", "22001")
     # Fixed at the source: the next sync of that pair clears the error.
     conn.execute("update users set academic_title = 'Pr' where id = %s", [users[5]])

@@ -56,10 +56,10 @@ def test_code_that_runs_as_its_caller_is_not_owned_by_the_engine(conn):
 
 
 @pytest.mark.parametrize("statement", [
-    "alter function usersync._generate() security invoker",
-    "alter function usersync.sync_users(bigint[]) reset search_path",
+    "alter function usersync._generate(text) security invoker",
+    "alter function usersync.sync_users(anycompatiblearray, text) reset search_path",
     "create function usersync.sync_users(integer[]) returns bigint language sql as 'select 0::bigint'",
-    "create or replace function usersync._g_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)"
+    "create or replace function usersync._g1_lock_pair(p_user_id bigint, p_contact_id bigint, p_source text)"
     " returns void"
     " language plpgsql security definer as $$ begin end $$",
     "create aggregate usersync.agg(bigint) (sfunc = pg_catalog.int8pl, stype = bigint)",
@@ -88,15 +88,15 @@ def test_the_engine_cannot_replace_what_runs_as_another_role(conn, function):
     "select * from usersync.field_mapping",
     "insert into usersync.field_mapping values ('academic_title', 'title')",
     "update usersync.settings set delete_contact_with_user = true",
-    "delete from usersync.links",
-    "insert into usersync.links values (1, 1, 'user', true, 1)",
+    "delete from usersync.links_1",
+    "insert into usersync.links_1 values (1, 1, 'user', true, 1)",
     "delete from usersync.sync_errors",
     "select usersync.sync_users()",
     "call usersync.resync_all()",
     "select usersync.set_sync_source(1, 'contact')",
     "select usersync.reset_field_mapping()",
-    "select usersync._generate()",
-    "select usersync._g_refresh(array[1::bigint])",
+    "select usersync._generate('contacts')",
+    "select usersync._g1_refresh(array[1::bigint])",
 ])
 def test_an_application_role_cannot_touch_the_engine(app_conn, conn, statement):
     add_user(conn, "a")
@@ -110,8 +110,8 @@ def test_an_administrator_configures_and_runs_the_sync_but_cannot_forge_links(ad
     admin_conn.execute("update usersync.settings set delete_contact_with_user = true")
     assert one(admin_conn, "select usersync.sync_users()") == 1
     admin_conn.execute("call usersync.resync_all()")
-    for statement in ("delete from usersync.links", "update usersync.mapping_state set version = 0",
-                      "delete from usersync.settings", "select usersync._generate()"):
+    for statement in ("delete from usersync.links_1", "update usersync.mapping_state set version = 0",
+                      "delete from usersync.settings", "select usersync._generate('contacts')"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             admin_conn.execute(statement)
 
@@ -124,7 +124,7 @@ def test_objects_in_pg_temp_or_public_named_like_the_engines_are_ignored(app_con
     app_conn.execute("create function public.nextval(regclass) returns bigint language sql as 'select 0::bigint'")
     app_conn.execute("set search_path = pg_temp, public")
     uid = add_user(app_conn, "a", first_name="A")
-    assert one(conn, "select first_name from public.contacts c join usersync.links l on l.contact_id = c.id"
+    assert one(conn, "select first_name from public.contacts c join usersync.links_1 l on l.contact_id = c.id"
                      " where l.user_id = %s", [uid]) == "A"
     assert one(app_conn, "select count(*) from pg_temp.contacts") == 0
 
@@ -132,10 +132,10 @@ def test_objects_in_pg_temp_or_public_named_like_the_engines_are_ignored(app_con
 @pytest.mark.parametrize("statement", [
     "set session_replication_role = replica",
     "alter table contacts disable trigger all",
-    "alter table users disable trigger usersync_after_update",
-    "drop trigger usersync_after_update on contacts",
+    "alter table users disable trigger usersync_1_after_update",
+    "drop trigger usersync_1_after_update on contacts",
     "alter event trigger usersync_guard_alter disable",
-    "create or replace function usersync._g_on_contact_update() returns trigger language plpgsql"
+    "create or replace function usersync._g1_on_contact_update() returns trigger language plpgsql"
     " as $$ begin return null; end $$",
 ])
 def test_an_application_cannot_switch_the_engine_off(app_conn, conn, statement):
@@ -164,6 +164,6 @@ def test_a_shadowing_operator_earlier_on_the_search_path_is_ignored(app_conn, co
     a = add_user(app_conn, "a", first_name="A")
     b = add_user(app_conn, "b", first_name="B")
     app_conn.execute("update users set first_name = 'A2' where login = 'a'")
-    names = dict(conn.execute("select l.user_id, c.first_name from usersync.links l"
+    names = dict(conn.execute("select l.user_id, c.first_name from usersync.links_1 l"
                               " join contacts c on c.id = l.contact_id").fetchall())
     assert names == {a: "A2", b: "B"}

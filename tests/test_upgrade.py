@@ -11,11 +11,13 @@ from helpers import contact, mismatches, one, raises_sqlstate
 from pyapp import migrate
 from pyapp.config import Database
 
+# Read the same way before (0.1: one pair, bigint keys) and after (pairs, keys shown as text).
 STATE = """
-    select (select json_agg(m order by m.user_field) from usersync.field_mapping m),
-           (select row_to_json(s) from usersync.settings s),
-           (select json_agg(json_build_array(l.user_id, l.contact_id, l.source, l.active, l.mapping_version)
-                            order by l.user_id) from usersync.links l),
+    select (select json_agg(json_build_array(m.user_field, m.contact_field) order by m.user_field)
+              from usersync.field_mapping m),
+           (select json_build_array(s.delete_contact_with_user, s.delete_user_with_contact) from usersync.settings s),
+           (select json_agg(json_build_array(l.user_id::bigint, l.contact_id::bigint, l.source, l.active,
+                                             l.mapping_version) order by l.user_id::bigint) from usersync.links l),
            (select version from usersync.mapping_state),
            (select json_agg(json_build_array(u.id, u.first_name, u.sync_to_contact) order by u.id) from users u),
            (select json_agg(json_build_array(c.id, c.first_name, c.title) order by c.id) from contacts c)"""
@@ -38,23 +40,24 @@ def released(new_database: Callable[[], Database]) -> Database:
 
 
 def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behaviour(released: Database):
+    """The tables of 0.1 become pair 'contacts', switch sync_to_contact, behaviour unchanged."""
     with psycopg.connect(released.conninfo) as conn:
         before = conn.execute(STATE).fetchone()
-        stale_before = conn.execute("select user_id, up_to_date from usersync.synchronized_contacts"
-                                    " order by user_id").fetchall()
+        stale_before = conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
+                                    " order by 1").fetchall()
     migrate.upgrade(released)
-    assert migrate.current(released) == "0003"
+    assert migrate.current(released) == "0004"
     with psycopg.connect(released.conninfo, autocommit=True) as conn:
         assert conn.execute(STATE).fetchone() == before
-        assert conn.execute("select user_id, up_to_date from usersync.synchronized_contacts"
-                            " order by user_id").fetchall() == stale_before
+        assert conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
+                            " order by 1").fetchall() == stale_before
         # Behaviour, unchanged: reads-only contacts, reversed pairs, the toggles, resync.
-        cid1 = one(conn, "select contact_id from usersync.links where user_id = 1")
+        cid1 = one(conn, "select contact_id from usersync.links_1 where user_id = 1")
         with raises_sqlstate("US001"):
             conn.execute("update contacts set first_name = 'x' where id = %s", [cid1])
         with raises_sqlstate("US002"):
             conn.execute("update users set first_name = 'x' where id = 2")
-        cid2 = one(conn, "select contact_id from usersync.links where user_id = 2")
+        cid2 = one(conn, "select contact_id from usersync.links_1 where user_id = 2")
         conn.execute("update contacts set first_name = 'from contact' where id = %s", [cid2])
         assert one(conn, "select first_name from users where id = 2") == "from contact"
         conn.execute("update users set sync_to_contact = true where id = 3")  # re-links, no duplicate

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 """
 
-from pyapp.migrate import frozen_sql, run_sql
+from pyapp.migrate import frozen_sql, run_sql, skipped_on_fresh_install
 
 revision = "0001"
 down_revision = None
@@ -13,6 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if skipped_on_fresh_install():
+        return
     run_sql(frozen_sql(
         __file__, "0001_modules.sql", sha256="5490f0a953465e4c0f6ebddd0c3b1f7703ec0704f91393a1d0a04d07c1c728f2"
     ))

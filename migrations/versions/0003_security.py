@@ -6,7 +6,7 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from pyapp.migrate import frozen_sql, run_sql
+from pyapp.migrate import frozen_sql, run_sql, schema_absent, skipped_on_fresh_install
 
 revision = "0003"
 down_revision = "0002"
@@ -17,10 +17,14 @@ SHA256 = "173d0858f127c548f9ddd063a8ff7ae770e949d7f515eebd665eeb5dbeca790a"
 
 
 def upgrade() -> None:
+    if skipped_on_fresh_install():
+        return
     run_sql(frozen_sql(__file__, "0003_security.sql", sha256=SHA256))
 
 
 def downgrade() -> None:
+    if schema_absent():  # uninstalled by 0004's downgrade
+        return
     # 0002's definition is idempotent (CREATE OR REPLACE, IF NOT EXISTS): re-applying it puts its
     # functions and event triggers back; what 0003 added on top is removed first.
     run_sql("drop event trigger if exists usersync_guard_engine;"

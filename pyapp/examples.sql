@@ -1,4 +1,4 @@
--- 10_modules.sql: the two modules the engine keeps in step, Users and Contacts.
+-- examples.sql: the example tables of the demo and the tests, the Users and Contacts modules of the help article.
 --
 -- Every column is a metadata field except the key (id) and the switch (sync_to_contact).
 -- Column comments are the labels shown to administrators. A DBA may add custom fields with
