@@ -66,7 +66,12 @@ as $$
 declare
     a usersync.attachments;
 begin
-    select * into a from usersync.attachments x where x.pair = coalesce(p_pair, usersync._only_pair());
+    -- (not coalesce(p_pair, usersync._only_pair()) in the query: the planner may call a stable
+    -- function while estimating, and _only_pair fails where several pairs exist)
+    if p_pair is null then
+        p_pair := usersync._only_pair();
+    end if;
+    select * into a from usersync.attachments x where x.pair = p_pair;
     if not found then
         raise exception using errcode = 'US011', message = pg_catalog.format('no pair named %L', p_pair),
             hint = pg_catalog.format('Attached pairs: %s.',

@@ -320,9 +320,8 @@ begin
 end
 $$;
 
--- The engine's triggers, policy and grants on a pair's tables. Existing triggers with the right
--- definition are left alone (the DDL guard refuses to drop them for anyone but a superuser).
-create or replace function usersync._attach_triggers(p_pair text)
+-- What the engine needs on a pair's tables: the schema, the rows, the key's sequence, and a policy.
+create or replace function usersync._attach_grants(p_pair text)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -331,6 +330,40 @@ declare
     a usersync.attachments := usersync._pair(p_pair);
     t record;
     seq text;
+begin
+    -- Both schemas first: each statement below runs the DDL guard, which reads both tables.
+    for t in select distinct c.relnamespace::pg_catalog.regnamespace as nsp
+               from pg_catalog.pg_class c where c.oid in (a.users, a.contacts) loop
+        execute pg_catalog.format('grant usage on schema %s to usersync_engine', t.nsp);
+    end loop;
+    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key) loop
+        execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', t.rel);
+        -- Row-level security, when the application enables it (Supabase does on its tables), must
+        -- not hide rows from the engine: this permissive policy lets it see and write every row,
+        -- and applies to no other role. (A restrictive policy can still hide rows: the engine
+        -- then fails with US007 instead of skipping them; see usersync._lost_write.)
+        if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.rel and p.polname = 'usersync_engine') then
+            execute pg_catalog.format('create policy usersync_engine on %s as permissive for all to usersync_engine'
+                                      ' using (true) with check (true)', t.rel);
+        end if;
+        seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);
+        if seq is not null then
+            execute pg_catalog.format('grant usage on sequence %s to usersync_engine', seq);
+        end if;
+    end loop;
+end
+$$;
+
+-- The engine's triggers on a pair's tables. Existing triggers with the right definition are left
+-- alone (the DDL guard refuses to drop them for anyone but a superuser).
+create or replace function usersync._attach_triggers(p_pair text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    a usersync.attachments := usersync._pair(p_pair);
+    t record;
     existing text;
     wanted text;
 begin
@@ -351,21 +384,6 @@ begin
         execute wanted;
     end loop;
 
-    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key) loop
-        execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', t.rel);
-        -- Row-level security, when the application enables it (Supabase does on its tables), must
-        -- not hide rows from the engine: this permissive policy lets it see and write every row,
-        -- and applies to no other role. (A restrictive policy can still hide rows: the engine
-        -- then fails with US007 instead of skipping them; see usersync._lost_write.)
-        if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.rel and p.polname = 'usersync_engine') then
-            execute pg_catalog.format('create policy usersync_engine on %s as permissive for all to usersync_engine'
-                                      ' using (true) with check (true)', t.rel);
-        end if;
-        seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);
-        if seq is not null then
-            execute pg_catalog.format('grant usage on sequence %s to usersync_engine', seq);
-        end if;
-    end loop;
 end
 $$;
 
@@ -423,6 +441,7 @@ begin
     execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', links);
     execute pg_catalog.format('grant select on %s to usersync_admin', links);
 
+    perform usersync._attach_grants(a.pair);
     perform usersync._generate(a.pair);
     perform usersync._attach_triggers(a.pair);
     perform usersync._rebuild_views();
@@ -483,8 +502,16 @@ begin
         execute pg_catalog.format('drop trigger if exists %I on %s', t.name, t.rel);
     end loop;
     -- What the tables got for the engine stays while another pair uses the table.
-    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key)
+    for t in select x.rel, x.key, c.relnamespace as nsp
+               from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key)
+               join pg_catalog.pg_class c on c.oid = x.rel
               where not exists (select from usersync.attachments y where x.rel in (y.users, y.contacts)) loop
+        -- (the schema's USAGE too, unless another pair's table is in it; public's is everyone's)
+        if t.nsp <> 'public'::pg_catalog.regnamespace
+           and not exists (select from usersync.attachments y join pg_catalog.pg_class c on c.oid in (y.users, y.contacts)
+                            where c.relnamespace = t.nsp) then
+            execute pg_catalog.format('revoke usage on schema %s from usersync_engine', t.nsp::pg_catalog.regnamespace);
+        end if;
         execute pg_catalog.format('drop policy if exists usersync_engine on %s', t.rel);
         execute pg_catalog.format('revoke all on %s from usersync_engine', t.rel);
         seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);

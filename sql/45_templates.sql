@@ -9,7 +9,8 @@
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @PINS@ the SET clauses
+-- for messages, @C_FK_CASCADES@ true when a foreign key from the contacts to the users deletes
+-- contacts with their users (ON DELETE CASCADE), @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
 -- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
 -- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
@@ -156,8 +157,9 @@ declare
 begin
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
-    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate.
-    if @GUARDED_C@ then
+    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate
+    -- (not with a shared key: the new contact would take the hidden one's key, and fail).
+    if @GUARDED_C@ and not @SHARED@ then
         select count(*) into expected from @LINKS@ l
          where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
         if expected > 0 then
@@ -468,9 +470,12 @@ begin
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
         if @GUARDED_C@ then
+            -- A foreign key's ON DELETE CASCADE from the contacts may have deleted some already
+            -- (its triggers run before this one; the contacts' own row triggers after it).
             /*dual into expected*/
             select count(*) into expected
-              from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user';
+              from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user'
+             where not @C_FK_CASCADES@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
             /*end*/
         end if;
         /*dual*/

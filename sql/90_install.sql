@@ -103,6 +103,7 @@ declare
 begin
     lock table usersync.config_lock in exclusive mode;
     for p in select a.pair from usersync.attachments a order by a.id loop
+        perform usersync._attach_grants(p);
         perform usersync._generate(p);
         perform usersync._attach_triggers(p);
     end loop;

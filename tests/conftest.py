@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 import harness
+from interleave import Interleaving, Session
 from pyapp.config import Database
 
 _server: harness.Server | None = None
@@ -110,3 +111,20 @@ def new_database(pg_server: harness.Server) -> Iterator[Callable[[], Database]]:
     yield make
     for janitor in janitors:
         janitor.drop()
+
+
+@pytest.fixture
+def sessions(pg_server: harness.Server, dbname: str, conn: psycopg.Connection):
+    """Opens sessions as the application ('app') or an administrator ('admin') for explicit interleavings."""
+    opened: list[Session] = []
+
+    def open_sessions(*roles: str) -> tuple[Interleaving, list[Session]]:
+        for i, role in enumerate(roles):
+            user = {"app": harness.APP_ROLE, "admin": harness.ADMIN_ROLE}[role]
+            info = pg_server.conninfo(dbname, user=user, password=harness.ROLE_PASSWORD)
+            opened.append(Session(info, f"s{i + 1}-{role}"))
+        return Interleaving(conn, opened), opened
+
+    yield open_sessions
+    for s in opened:
+        s.close()

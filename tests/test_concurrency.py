@@ -6,25 +6,6 @@ from __future__ import annotations
 import psycopg
 import pytest
 from helpers import add_user, contact, contact_id, mismatches, one
-from interleave import Interleaving, Session
-
-import harness
-
-
-@pytest.fixture
-def sessions(pg_server: harness.Server, dbname: str, conn: psycopg.Connection):
-    opened: list[Session] = []
-
-    def open_sessions(*roles: str) -> tuple[Interleaving, list[Session]]:
-        for i, role in enumerate(roles):
-            user = {"app": harness.APP_ROLE, "admin": harness.ADMIN_ROLE}[role]
-            info = pg_server.conninfo(dbname, user=user, password=harness.ROLE_PASSWORD)
-            opened.append(Session(info, f"s{i + 1}-{role}"))
-        return Interleaving(conn, opened), opened
-
-    yield open_sessions
-    for s in opened:
-        s.close()
 
 
 def _settle(conn: psycopg.Connection) -> None:

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "8ee093efdfd6119eaddd515c24775ad6b381504c8f219c826fda11a491ccdfac"
+SHA256 = "84fdfd7b0c1f49f845085325dd4c5fba7e027970c8d08a1e62999a65ea09a738"
 
 
 def upgrade() -> None:

@@ -145,7 +145,12 @@ as $$
 declare
     a usersync.attachments;
 begin
-    select * into a from usersync.attachments x where x.pair = coalesce(p_pair, usersync._only_pair());
+    -- (not coalesce(p_pair, usersync._only_pair()) in the query: the planner may call a stable
+    -- function while estimating, and _only_pair fails where several pairs exist)
+    if p_pair is null then
+        p_pair := usersync._only_pair();
+    end if;
+    select * into a from usersync.attachments x where x.pair = p_pair;
     if not found then
         raise exception using errcode = 'US011', message = pg_catalog.format('no pair named %L', p_pair),
             hint = pg_catalog.format('Attached pairs: %s.',
@@ -645,9 +650,8 @@ begin
 end
 $$;
 
--- The engine's triggers, policy and grants on a pair's tables. Existing triggers with the right
--- definition are left alone (the DDL guard refuses to drop them for anyone but a superuser).
-create or replace function usersync._attach_triggers(p_pair text)
+-- What the engine needs on a pair's tables: the schema, the rows, the key's sequence, and a policy.
+create or replace function usersync._attach_grants(p_pair text)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -656,6 +660,40 @@ declare
     a usersync.attachments := usersync._pair(p_pair);
     t record;
     seq text;
+begin
+    -- Both schemas first: each statement below runs the DDL guard, which reads both tables.
+    for t in select distinct c.relnamespace::pg_catalog.regnamespace as nsp
+               from pg_catalog.pg_class c where c.oid in (a.users, a.contacts) loop
+        execute pg_catalog.format('grant usage on schema %s to usersync_engine', t.nsp);
+    end loop;
+    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key) loop
+        execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', t.rel);
+        -- Row-level security, when the application enables it (Supabase does on its tables), must
+        -- not hide rows from the engine: this permissive policy lets it see and write every row,
+        -- and applies to no other role. (A restrictive policy can still hide rows: the engine
+        -- then fails with US007 instead of skipping them; see usersync._lost_write.)
+        if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.rel and p.polname = 'usersync_engine') then
+            execute pg_catalog.format('create policy usersync_engine on %s as permissive for all to usersync_engine'
+                                      ' using (true) with check (true)', t.rel);
+        end if;
+        seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);
+        if seq is not null then
+            execute pg_catalog.format('grant usage on sequence %s to usersync_engine', seq);
+        end if;
+    end loop;
+end
+$$;
+
+-- The engine's triggers on a pair's tables. Existing triggers with the right definition are left
+-- alone (the DDL guard refuses to drop them for anyone but a superuser).
+create or replace function usersync._attach_triggers(p_pair text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    a usersync.attachments := usersync._pair(p_pair);
+    t record;
     existing text;
     wanted text;
 begin
@@ -676,21 +714,6 @@ begin
         execute wanted;
     end loop;
 
-    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key) loop
-        execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', t.rel);
-        -- Row-level security, when the application enables it (Supabase does on its tables), must
-        -- not hide rows from the engine: this permissive policy lets it see and write every row,
-        -- and applies to no other role. (A restrictive policy can still hide rows: the engine
-        -- then fails with US007 instead of skipping them; see usersync._lost_write.)
-        if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.rel and p.polname = 'usersync_engine') then
-            execute pg_catalog.format('create policy usersync_engine on %s as permissive for all to usersync_engine'
-                                      ' using (true) with check (true)', t.rel);
-        end if;
-        seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);
-        if seq is not null then
-            execute pg_catalog.format('grant usage on sequence %s to usersync_engine', seq);
-        end if;
-    end loop;
 end
 $$;
 
@@ -748,6 +771,7 @@ begin
     execute pg_catalog.format('grant select, insert, update, delete on %s to usersync_engine', links);
     execute pg_catalog.format('grant select on %s to usersync_admin', links);
 
+    perform usersync._attach_grants(a.pair);
     perform usersync._generate(a.pair);
     perform usersync._attach_triggers(a.pair);
     perform usersync._rebuild_views();
@@ -808,8 +832,16 @@ begin
         execute pg_catalog.format('drop trigger if exists %I on %s', t.name, t.rel);
     end loop;
     -- What the tables got for the engine stays while another pair uses the table.
-    for t in select x.rel, x.key from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key)
+    for t in select x.rel, x.key, c.relnamespace as nsp
+               from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key)
+               join pg_catalog.pg_class c on c.oid = x.rel
               where not exists (select from usersync.attachments y where x.rel in (y.users, y.contacts)) loop
+        -- (the schema's USAGE too, unless another pair's table is in it; public's is everyone's)
+        if t.nsp <> 'public'::pg_catalog.regnamespace
+           and not exists (select from usersync.attachments y join pg_catalog.pg_class c on c.oid in (y.users, y.contacts)
+                            where c.relnamespace = t.nsp) then
+            execute pg_catalog.format('revoke usage on schema %s from usersync_engine', t.nsp::pg_catalog.regnamespace);
+        end if;
         execute pg_catalog.format('drop policy if exists usersync_engine on %s', t.rel);
         execute pg_catalog.format('revoke all on %s from usersync_engine', t.rel);
         seq := pg_catalog.pg_get_serial_sequence(t.rel::text, t.key);
@@ -1694,6 +1726,9 @@ begin
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'SHARED', a.shared_key::text,
+        'C_FK_CASCADES', (exists (select from pg_catalog.pg_constraint k
+                                   where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
+                                     and k.confdeltype = 'c'))::text,
         'OVR', case when exists (select from pg_catalog.pg_attribute x where x.attrelid = a.contacts
                                    and x.attname = a.contact_key and x.attidentity = 'a')
                     then 'overriding system value' else '' end,
@@ -1741,7 +1776,8 @@ $gen$;
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @PINS@ the SET clauses
+-- for messages, @C_FK_CASCADES@ true when a foreign key from the contacts to the users deletes
+-- contacts with their users (ON DELETE CASCADE), @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
 -- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
 -- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
@@ -1888,8 +1924,9 @@ declare
 begin
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
-    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate.
-    if @GUARDED_C@ then
+    -- Unless row-level security may only be hiding it: a new contact would then be a duplicate
+    -- (not with a shared key: the new contact would take the hidden one's key, and fail).
+    if @GUARDED_C@ and not @SHARED@ then
         select count(*) into expected from @LINKS@ l
          where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
         if expected > 0 then
@@ -2200,9 +2237,12 @@ begin
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
         if @GUARDED_C@ then
+            -- A foreign key's ON DELETE CASCADE from the contacts may have deleted some already
+            -- (its triggers run before this one; the contacts' own row triggers after it).
             /*dual into expected*/
             select count(*) into expected
-              from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user';
+              from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user'
+             where not @C_FK_CASCADES@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
             /*end*/
         end if;
         /*dual*/
@@ -3759,6 +3799,7 @@ declare
 begin
     lock table usersync.config_lock in exclusive mode;
     for p in select a.pair from usersync.attachments a order by a.id loop
+        perform usersync._attach_grants(p);
         perform usersync._generate(p);
         perform usersync._attach_triggers(p);
     end loop;
