@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from interleave import Interleaving, Session
 
 import harness
-from interleave import Interleaving, Session
 from pyapp.config import Database
 
 _server: harness.Server | None = None

@@ -25,8 +25,8 @@ def test_user_inserted_with_switch_on_gets_a_contact_in_the_same_transaction(wri
     fields = (c["first_name"], c["last_name"], c["email"], c["department"])
     assert fields == ("Alice", "Liddell", "a@example.org", "R&D")
     assert c["title"] is None  # academic_title is not mapped by default
-    assert one(conn, "select source, up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid]) == (
-        "user", True)
+    assert one(conn, "select source, up_to_date from usersync.synchronized_contacts where user_id = %s::text",
+               [uid]) == ("user", True)
 
 
 def test_user_with_switch_off_gets_no_contact_until_switched_on(writer, conn):

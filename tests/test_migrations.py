@@ -43,7 +43,8 @@ def test_the_sql_definition_installs_idempotently(migrated: Database):
 def test_an_install_creates_nothing_outside_its_schema(migrated: Database):
     with psycopg.connect(migrated.conninfo) as conn:
         assert conn.execute("select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-                            " where n.nspname = 'public' and c.relname not like %s", [migrate.VERSION_TABLE + '%%']).fetchone() == (0,)
+                            " where n.nspname = 'public' and c.relname not like %s",
+                            [migrate.VERSION_TABLE + "%%"]).fetchone() == (0,)
 
 
 def test_upgrading_a_released_install_gives_the_schema_of_a_fresh_install_with_its_tables_attached(

@@ -288,8 +288,8 @@ def make_machine(shape: Shape, app: psycopg.Connection, admin: psycopg.Connectio
             found = {r[0]: (r[1], r[2]) for r in su.execute(q("select user_id, contact_id, source from {links}"
                                                                  " where active"))}
             assert found == {u: (lk.contact, lk.source) for u, lk in self.m.links.items() if lk.active}
-            mapping = dict(su.execute("select user_field, contact_field from usersync.field_mapping where pair = %(pair)s",
-                                      by_pair).fetchall())
+            mapping = dict(su.execute("select user_field, contact_field from usersync.field_mapping"
+                                      " where pair = %(pair)s", by_pair).fetchall())
             assert mapping == dict(mapped(list(self.m.mapping.items())))
 
     return UserContactSync
