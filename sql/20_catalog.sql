@@ -207,13 +207,21 @@ select a.pair, 'contacts', a.contacts, a.contact_key, null::name, a.id
   from usersync.attachments a;
 comment on view usersync.modules is 'The tables of every pair; key and switch columns are not metadata fields';
 
+-- Does a foreign key from a pair's contacts to its users restrict deleting a user?
+create or replace function usersync._fk_restricts(p_id integer)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select exists (select from usersync.attachments a join pg_catalog.pg_constraint k
+                     on k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
+                    where a.id = p_id and k.confdeltype in ('r', 'a'))
+$$;
+
 -- The engine's triggers on a pair's tables, recognised by the function they call (a trigger keeps
 -- its function when renamed), with the name and definition usersync._attach_triggers() gives
 -- them (the DDL guard and the generator use this list too). Names carry the pair's id, so two
 -- pairs sharing a users table never collide.
 create or replace function usersync._engine_triggers(p_id integer)
 returns table (module text, name text, fn text, def text)
-language sql immutable set search_path = pg_catalog, pg_temp as $$
+language sql stable set search_path = pg_catalog, pg_temp as $$
     select t.module, 'usersync_' || p_id || '_' || t.name, 'usersync._g' || p_id || '_' || t.fn || '()', t.def
       from (values ('users', 'after_insert', 'on_users_insert',
                     'after insert on %s referencing new table as new_rows for each statement'),
@@ -233,7 +241,15 @@ language sql immutable set search_path = pg_catalog, pg_temp as $$
                     'after delete on %s for each row'),
                    ('contacts', 'before_truncate', 'on_contacts_truncate',
                     'before truncate on %s for each statement')) t(module, name, fn, def)
+    union all
+    -- Only where a foreign key from the contacts restricts deleting a user (ON DELETE RESTRICT or
+    -- NO ACTION): its check runs before any AFTER trigger, so delete_contact_with_user must
+    -- delete the contact before the user goes. A row trigger, so no other table pays for it.
+    select 'users', 'usersync_' || p_id || '_before_delete', 'usersync._g' || p_id || '_on_users_delete_before()',
+           'before delete on %s for each row'
+     where usersync._fk_restricts(p_id)
 $$;
+
 
 -- The links table of a pair, and the type of each key as the engine writes it (qualified).
 create or replace function usersync._links_table(p_id integer)

@@ -255,9 +255,9 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                                   '(ON DELETE SET NULL); delete_contact_with_user then decides whether the contact stays'
                     when 'd' then 'foreign key %1$s on %2$s: deleting a user sets the reference in its contact to its '
                                   'default (ON DELETE SET DEFAULT); delete_contact_with_user then decides whether the contact stays'
-                    else 'foreign key %1$s on %2$s (ON DELETE RESTRICT / NO ACTION): a user whose contact is synchronized '
-                         'cannot be deleted; switch its synchronization off first (the contact becomes an ordinary '
-                         'contact and may be deleted)' end,
+                    else 'foreign key %1$s on %2$s (ON DELETE RESTRICT / NO ACTION): with delete_contact_with_user '
+                         'off (the default) a user whose contact is synchronized cannot be deleted while the contact '
+                         'exists; with it on, the contact is deleted first' end,
                pg_catalog.quote_ident(k.conname), p_contacts)
       from pg_catalog.pg_constraint k
      where k.conrelid = p_contacts and k.confrelid = p_users and k.contype = 'f'
@@ -375,7 +375,9 @@ begin
         wanted := pg_catalog.format('create trigger %I ', t.name) || t.def;
         select pg_catalog.pg_get_triggerdef(tg.oid) into existing
           from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
-        if existing is not null and lower(existing) = lower(wanted) then
+        -- (pg_get_triggerdef writes the WHEN clause with its casts and parentheses)
+        if pg_catalog.regexp_replace(lower(existing), '[()]|::name', '', 'g')
+           = pg_catalog.regexp_replace(lower(wanted), '[()]|::name', '', 'g') then
             continue;
         end if;
         if existing is not null then
@@ -383,7 +385,6 @@ begin
         end if;
         execute wanted;
     end loop;
-
 end
 $$;
 
@@ -487,6 +488,8 @@ declare
     a usersync.attachments;
     t record;
     seq text;
+    triggers text[];
+    drop_trigger text;
 begin
     if detach.pair is null then
         raise exception using errcode = 'US011', message = 'detach needs the name of a pair',
@@ -494,12 +497,15 @@ begin
     end if;
     a := usersync._pair(detach.pair);
     perform usersync._lock_config_exclusive();
+    -- The pair's triggers, recognised by the functions they call (whatever their names).
+    triggers := array(select pg_catalog.format('drop trigger %I on %s', tg.tgname, tg.tgrelid::pg_catalog.regclass)
+                        from pg_catalog.pg_trigger tg join pg_catalog.pg_proc p on p.oid = tg.tgfoid
+                       where tg.tgrelid in (a.users, a.contacts) and p.pronamespace = 'usersync'::pg_catalog.regnamespace
+                         and p.proname like '\_g' || a.id || '\_%');
     -- The catalog first: the DDL guard then lets the pair's triggers and policy go.
     delete from usersync.attachments x where x.id = a.id;
-    for t in select et.name, x.rel
-               from usersync._engine_triggers(a.id) et
-               join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module loop
-        execute pg_catalog.format('drop trigger if exists %I on %s', t.name, t.rel);
+    foreach drop_trigger in array triggers loop
+        execute drop_trigger;
     end loop;
     -- What the tables got for the engine stays while another pair uses the table.
     for t in select x.rel, x.key, c.relnamespace as nsp

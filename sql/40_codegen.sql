@@ -454,9 +454,10 @@ begin
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'SHARED', a.shared_key::text,
-        'C_FK_CASCADES', (exists (select from pg_catalog.pg_constraint k
-                                   where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
-                                     and k.confdeltype = 'c'))::text,
+        'C_FK_FIRST', (exists (select from pg_catalog.pg_constraint k
+                                where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
+                                  and k.confdeltype in ('c', 'r', 'a')))::text,
+        'C_FK_RESTRICTS', usersync._fk_restricts(a.id)::text,
         'OVR', case when exists (select from pg_catalog.pg_attribute x where x.attrelid = a.contacts
                                    and x.attname = a.contact_key and x.attidentity = 'a')
                     then 'overriding system value' else '' end,

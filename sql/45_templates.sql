@@ -9,8 +9,9 @@
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @C_FK_CASCADES@ true when a foreign key from the contacts to the users deletes
--- contacts with their users (ON DELETE CASCADE), @PINS@ the SET clauses
+-- for messages, @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
+-- contact's delete before the engine's statement trigger runs (ON DELETE CASCADE, or RESTRICT /
+-- NO ACTION: see on_users_delete_before), @C_FK_RESTRICTS@ the latter, @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
 -- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
 -- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
@@ -470,12 +471,13 @@ begin
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
         if @GUARDED_C@ then
-            -- A foreign key's ON DELETE CASCADE from the contacts may have deleted some already
-            -- (its triggers run before this one; the contacts' own row triggers after it).
+            -- A foreign key from the contacts may have had some deleted already: its ON DELETE
+            -- CASCADE (its triggers run before this one; the contacts' own row triggers after
+            -- it), or on_users_delete_before where it restricts deletes.
             /*dual into expected*/
             select count(*) into expected
               from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user'
-             where not @C_FK_CASCADES@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
+             where not @C_FK_FIRST@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
             /*end*/
         end if;
         /*dual*/
@@ -498,6 +500,21 @@ begin
     delete from usersync.sync_errors e using old_rows o where e.pair = @PAIR@ and e.user_id = o.@UK@::pg_catalog.text;
     /*end*/
     return null;
+end
+$body$;
+$tpl$),
+
+('@G@on_users_delete_before()', $tpl$
+create or replace function usersync.@G@on_users_delete_before()
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+begin
+    -- Attached only where a foreign key from the contacts restricts deleting a user: its check
+    -- runs before any AFTER trigger, so with delete_contact_with_user the contact goes first.
+    if @C_FK_RESTRICTS@ and (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
+        delete from @C@ c using @LINKS@ l
+         where l.user_id = old.@UK@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id;
+    end if;
+    return old;
 end
 $body$;
 $tpl$),

@@ -24,7 +24,9 @@ begin
     exception when data_exception then
         raise exception using errcode = 'US006',
             message = pg_catalog.format('invalid user id(s) for pair %L: %s', a.pair, pg_catalog.array_to_string(p_ids, ', ', 'NULL')),
-            detail = pg_catalog.format('The key %I of %s is of type %s.', a.user_key, a.users, ukt),
+            detail = pg_catalog.format('The key %I of %s is of type %s.', a.user_key, a.users,
+                                       (select pg_catalog.format_type(x.atttypid, x.atttypmod) from pg_catalog.pg_attribute x
+                                         where x.attrelid = a.users and x.attname = a.user_key)),
             hint = 'Pass keys of the pair''s users table.';
     end;
     return pg_catalog.format('$1::%s[]', ukt);

@@ -270,6 +270,7 @@ declare
     rewritten regclass[];
     retyped boolean;
     p text;
+    id integer;
 begin
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
@@ -312,6 +313,19 @@ begin
     perform usersync._lock_config_exclusive();
     foreach p in array concerned loop
         perform usersync._generate(p);
+        -- A foreign key that restricts deleting a user was added to an attached pair: its
+        -- users need the trigger that deletes their contacts first (not while attach is still
+        -- creating the pair's triggers one by one).
+        id := (usersync._pair(p)).id;
+        if usersync._fk_restricts(id)
+           and not exists (select from pg_catalog.pg_trigger tg
+                            where tg.tgfoid = pg_catalog.to_regprocedure('usersync._g' || id || '_on_users_delete_before()'))
+           and not exists (select from usersync._engine_triggers(id) et
+                            where et.fn <> 'usersync._g' || id || '_on_users_delete_before()'
+                              and not exists (select from pg_catalog.pg_trigger tg
+                                               where tg.tgfoid = pg_catalog.to_regprocedure(et.fn))) then
+            perform usersync._attach_triggers(p);
+        end if;
         if retyped or exists (select from usersync.attachments a
                                where a.pair = p and (a.users = any(rewritten) or a.contacts = any(rewritten))) then
             perform usersync._check_rewrite(p);

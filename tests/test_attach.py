@@ -217,3 +217,57 @@ def test_detach_keeps_both_tables_and_every_row_and_a_reattach_works(conn, app_c
 def test_dropping_a_pairs_links_table_alone_is_refused(conn):
     with raises_sqlstate("US005", match="holds the links of pair"):
         conn.execute("drop table usersync.links_1 cascade")  # (without CASCADE the usersync.links view keeps it)
+
+
+# --- foreign keys between the two tables and the delete toggles -------------------------------------
+
+FK_TABLES = """create table u (id int primary key, first_name text, sw boolean not null default true);
+               create table c (id int generated always as identity primary key, first_name text,
+                               user_ref int references u on delete {action})"""
+
+
+def _set_reference(conn: psycopg.Connection, statement: str) -> None:
+    """The contacts' own reference to their user, written behind the engine (they are read-only)."""
+    conn.execute("set session_replication_role = replica")
+    conn.execute(statement)
+    conn.execute("reset session_replication_role")
+
+
+@pytest.mark.parametrize("action", ["restrict", "no action"])
+def test_a_restricting_foreign_key_lets_the_toggle_delete_the_contact_first(conn, action):
+    conn.execute(FK_TABLES.format(action=action))
+    conn.execute("select usersync.attach('u', 'c', 'sw')")
+    conn.execute("insert into u values (1, 'One'), (2, 'Two')")
+    _set_reference(conn, "update c set user_ref = id")
+    conn.execute("update usersync.settings set delete_contact_with_user = true where pair = 'c'")
+    conn.execute("delete from u where id = 1")
+    assert one(conn, "select count(*) from c") == 1
+    conn.execute("update usersync.settings set delete_contact_with_user = false where pair = 'c'")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):  # the key's own rule: documented
+        conn.execute("delete from u where id = 2")
+
+
+def test_a_foreign_key_added_after_attach_gets_the_trigger_it_needs(conn):
+    conn.execute(FK_TABLES.format(action="cascade").replace("references u on delete cascade", ""))
+    conn.execute("select usersync.attach('u', 'c', 'sw')")
+    assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync\\_%%\\_before\\_delete'"
+                     " and tgrelid = 'u'::regclass") == 0
+    conn.execute("alter table c add foreign key (user_ref) references u")
+    assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync\\_%%\\_before\\_delete'"
+                     " and tgrelid = 'u'::regclass") == 1
+    conn.execute("insert into u values (1, 'One')")
+    _set_reference(conn, "update c set user_ref = 1")
+    conn.execute("update usersync.settings set delete_contact_with_user = true where pair = 'c'")
+    conn.execute("delete from u")
+    assert one(conn, "select count(*) from c") == 0
+
+
+@pytest.mark.parametrize("toggle", [False, True])
+def test_a_set_null_foreign_key_updates_the_contact_then_the_toggle_decides(conn, toggle):
+    conn.execute(FK_TABLES.format(action="set null"))
+    conn.execute("select usersync.attach('u', 'c', 'sw')")
+    conn.execute("insert into u values (1, 'One')")
+    _set_reference(conn, "update c set user_ref = 1")
+    conn.execute("update usersync.settings set delete_contact_with_user = %s where pair = 'c'", [toggle])
+    conn.execute("delete from u")
+    assert conn.execute("select first_name, user_ref from c").fetchall() == ([] if toggle else [("One", None)])

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "84fdfd7b0c1f49f845085325dd4c5fba7e027970c8d08a1e62999a65ea09a738"
+SHA256 = "b93aefc26a5e366e7c0e913fc231d7a9197df3539048feb457b1938435028724"
 
 
 def upgrade() -> None:

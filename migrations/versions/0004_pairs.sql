@@ -286,13 +286,21 @@ select a.pair, 'contacts', a.contacts, a.contact_key, null::name, a.id
   from usersync.attachments a;
 comment on view usersync.modules is 'The tables of every pair; key and switch columns are not metadata fields';
 
+-- Does a foreign key from a pair's contacts to its users restrict deleting a user?
+create or replace function usersync._fk_restricts(p_id integer)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select exists (select from usersync.attachments a join pg_catalog.pg_constraint k
+                     on k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
+                    where a.id = p_id and k.confdeltype in ('r', 'a'))
+$$;
+
 -- The engine's triggers on a pair's tables, recognised by the function they call (a trigger keeps
 -- its function when renamed), with the name and definition usersync._attach_triggers() gives
 -- them (the DDL guard and the generator use this list too). Names carry the pair's id, so two
 -- pairs sharing a users table never collide.
 create or replace function usersync._engine_triggers(p_id integer)
 returns table (module text, name text, fn text, def text)
-language sql immutable set search_path = pg_catalog, pg_temp as $$
+language sql stable set search_path = pg_catalog, pg_temp as $$
     select t.module, 'usersync_' || p_id || '_' || t.name, 'usersync._g' || p_id || '_' || t.fn || '()', t.def
       from (values ('users', 'after_insert', 'on_users_insert',
                     'after insert on %s referencing new table as new_rows for each statement'),
@@ -312,7 +320,15 @@ language sql immutable set search_path = pg_catalog, pg_temp as $$
                     'after delete on %s for each row'),
                    ('contacts', 'before_truncate', 'on_contacts_truncate',
                     'before truncate on %s for each statement')) t(module, name, fn, def)
+    union all
+    -- Only where a foreign key from the contacts restricts deleting a user (ON DELETE RESTRICT or
+    -- NO ACTION): its check runs before any AFTER trigger, so delete_contact_with_user must
+    -- delete the contact before the user goes. A row trigger, so no other table pays for it.
+    select 'users', 'usersync_' || p_id || '_before_delete', 'usersync._g' || p_id || '_on_users_delete_before()',
+           'before delete on %s for each row'
+     where usersync._fk_restricts(p_id)
 $$;
+
 
 -- The links table of a pair, and the type of each key as the engine writes it (qualified).
 create or replace function usersync._links_table(p_id integer)
@@ -585,9 +601,9 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                                   '(ON DELETE SET NULL); delete_contact_with_user then decides whether the contact stays'
                     when 'd' then 'foreign key %1$s on %2$s: deleting a user sets the reference in its contact to its '
                                   'default (ON DELETE SET DEFAULT); delete_contact_with_user then decides whether the contact stays'
-                    else 'foreign key %1$s on %2$s (ON DELETE RESTRICT / NO ACTION): a user whose contact is synchronized '
-                         'cannot be deleted; switch its synchronization off first (the contact becomes an ordinary '
-                         'contact and may be deleted)' end,
+                    else 'foreign key %1$s on %2$s (ON DELETE RESTRICT / NO ACTION): with delete_contact_with_user '
+                         'off (the default) a user whose contact is synchronized cannot be deleted while the contact '
+                         'exists; with it on, the contact is deleted first' end,
                pg_catalog.quote_ident(k.conname), p_contacts)
       from pg_catalog.pg_constraint k
      where k.conrelid = p_contacts and k.confrelid = p_users and k.contype = 'f'
@@ -705,7 +721,9 @@ begin
         wanted := pg_catalog.format('create trigger %I ', t.name) || t.def;
         select pg_catalog.pg_get_triggerdef(tg.oid) into existing
           from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
-        if existing is not null and lower(existing) = lower(wanted) then
+        -- (pg_get_triggerdef writes the WHEN clause with its casts and parentheses)
+        if pg_catalog.regexp_replace(lower(existing), '[()]|::name', '', 'g')
+           = pg_catalog.regexp_replace(lower(wanted), '[()]|::name', '', 'g') then
             continue;
         end if;
         if existing is not null then
@@ -713,7 +731,6 @@ begin
         end if;
         execute wanted;
     end loop;
-
 end
 $$;
 
@@ -817,6 +834,8 @@ declare
     a usersync.attachments;
     t record;
     seq text;
+    triggers text[];
+    drop_trigger text;
 begin
     if detach.pair is null then
         raise exception using errcode = 'US011', message = 'detach needs the name of a pair',
@@ -824,12 +843,15 @@ begin
     end if;
     a := usersync._pair(detach.pair);
     perform usersync._lock_config_exclusive();
+    -- The pair's triggers, recognised by the functions they call (whatever their names).
+    triggers := array(select pg_catalog.format('drop trigger %I on %s', tg.tgname, tg.tgrelid::pg_catalog.regclass)
+                        from pg_catalog.pg_trigger tg join pg_catalog.pg_proc p on p.oid = tg.tgfoid
+                       where tg.tgrelid in (a.users, a.contacts) and p.pronamespace = 'usersync'::pg_catalog.regnamespace
+                         and p.proname like '\_g' || a.id || '\_%');
     -- The catalog first: the DDL guard then lets the pair's triggers and policy go.
     delete from usersync.attachments x where x.id = a.id;
-    for t in select et.name, x.rel
-               from usersync._engine_triggers(a.id) et
-               join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module loop
-        execute pg_catalog.format('drop trigger if exists %I on %s', t.name, t.rel);
+    foreach drop_trigger in array triggers loop
+        execute drop_trigger;
     end loop;
     -- What the tables got for the engine stays while another pair uses the table.
     for t in select x.rel, x.key, c.relnamespace as nsp
@@ -1726,9 +1748,10 @@ begin
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'SHARED', a.shared_key::text,
-        'C_FK_CASCADES', (exists (select from pg_catalog.pg_constraint k
-                                   where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
-                                     and k.confdeltype = 'c'))::text,
+        'C_FK_FIRST', (exists (select from pg_catalog.pg_constraint k
+                                where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
+                                  and k.confdeltype in ('c', 'r', 'a')))::text,
+        'C_FK_RESTRICTS', usersync._fk_restricts(a.id)::text,
         'OVR', case when exists (select from pg_catalog.pg_attribute x where x.attrelid = a.contacts
                                    and x.attname = a.contact_key and x.attidentity = 'a')
                     then 'overriding system value' else '' end,
@@ -1776,8 +1799,9 @@ $gen$;
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @C_FK_CASCADES@ true when a foreign key from the contacts to the users deletes
--- contacts with their users (ON DELETE CASCADE), @PINS@ the SET clauses
+-- for messages, @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
+-- contact's delete before the engine's statement trigger runs (ON DELETE CASCADE, or RESTRICT /
+-- NO ACTION: see on_users_delete_before), @C_FK_RESTRICTS@ the latter, @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
 -- differ), @GUARDED_U@/@GUARDED_C@ true when something on that table can swallow a write of the
 -- engine (row-level security, a BEFORE row trigger of the application): the engine then counts
@@ -2237,12 +2261,13 @@ begin
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
         if @GUARDED_C@ then
-            -- A foreign key's ON DELETE CASCADE from the contacts may have deleted some already
-            -- (its triggers run before this one; the contacts' own row triggers after it).
+            -- A foreign key from the contacts may have had some deleted already: its ON DELETE
+            -- CASCADE (its triggers run before this one; the contacts' own row triggers after
+            -- it), or on_users_delete_before where it restricts deletes.
             /*dual into expected*/
             select count(*) into expected
               from old_rows o join @LINKS@ l on l.user_id = o.@UK@ and l.active and l.source = 'user'
-             where not @C_FK_CASCADES@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
+             where not @C_FK_FIRST@ or exists (select from @C@ c where c.@CK@ = l.contact_id);
             /*end*/
         end if;
         /*dual*/
@@ -2265,6 +2290,21 @@ begin
     delete from usersync.sync_errors e using old_rows o where e.pair = @PAIR@ and e.user_id = o.@UK@::pg_catalog.text;
     /*end*/
     return null;
+end
+$body$;
+$tpl$),
+
+('@G@on_users_delete_before()', $tpl$
+create or replace function usersync.@G@on_users_delete_before()
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+begin
+    -- Attached only where a foreign key from the contacts restricts deleting a user: its check
+    -- runs before any AFTER trigger, so with delete_contact_with_user the contact goes first.
+    if @C_FK_RESTRICTS@ and (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
+        delete from @C@ c using @LINKS@ l
+         where l.user_id = old.@UK@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id;
+    end if;
+    return old;
 end
 $body$;
 $tpl$),
@@ -2477,7 +2517,9 @@ begin
     exception when data_exception then
         raise exception using errcode = 'US006',
             message = pg_catalog.format('invalid user id(s) for pair %L: %s', a.pair, pg_catalog.array_to_string(p_ids, ', ', 'NULL')),
-            detail = pg_catalog.format('The key %I of %s is of type %s.', a.user_key, a.users, ukt),
+            detail = pg_catalog.format('The key %I of %s is of type %s.', a.user_key, a.users,
+                                       (select pg_catalog.format_type(x.atttypid, x.atttypmod) from pg_catalog.pg_attribute x
+                                         where x.attrelid = a.users and x.attname = a.user_key)),
             hint = 'Pass keys of the pair''s users table.';
     end;
     return pg_catalog.format('$1::%s[]', ukt);
@@ -3532,6 +3574,7 @@ declare
     rewritten regclass[];
     retyped boolean;
     p text;
+    id integer;
 begin
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
@@ -3574,6 +3617,19 @@ begin
     perform usersync._lock_config_exclusive();
     foreach p in array concerned loop
         perform usersync._generate(p);
+        -- A foreign key that restricts deleting a user was added to an attached pair: its
+        -- users need the trigger that deletes their contacts first (not while attach is still
+        -- creating the pair's triggers one by one).
+        id := (usersync._pair(p)).id;
+        if usersync._fk_restricts(id)
+           and not exists (select from pg_catalog.pg_trigger tg
+                            where tg.tgfoid = pg_catalog.to_regprocedure('usersync._g' || id || '_on_users_delete_before()'))
+           and not exists (select from usersync._engine_triggers(id) et
+                            where et.fn <> 'usersync._g' || id || '_on_users_delete_before()'
+                              and not exists (select from pg_catalog.pg_trigger tg
+                                               where tg.tgfoid = pg_catalog.to_regprocedure(et.fn))) then
+            perform usersync._attach_triggers(p);
+        end if;
         if retyped or exists (select from usersync.attachments a
                                where a.pair = p and (a.users = any(rewritten) or a.contacts = any(rewritten))) then
             perform usersync._check_rewrite(p);
