@@ -28,6 +28,7 @@ from bench import variants
 from bench.runner import INSERT_USERS, Bench, Sample, copy_data, copy_users, harness, timed, users_select
 from pyapp import orm
 from pyapp.config import Database
+from pyapp.demo_models import User
 
 SIZES = {
     "full": {"bulk": [10_000, 100_000, 1_000_000], "repeats": 3, "latency_users": 10_000, "latency_txns": 2_000,
@@ -143,7 +144,7 @@ def orm_updates(b: Bench, n: int) -> dict[str, float]:
     hook_sql = sa.text(f"update contacts c set {cols} from user_contact l"
                        " where l.user_id = :id and c.id = l.contact_id")
 
-    def hook(mapper: Any, connection: sa.Connection, target: orm.User) -> None:
+    def hook(mapper: Any, connection: sa.Connection, target: User) -> None:
         connection.execute(hook_sql, {"id": target.id, **{f: getattr(target, f) for f in variants.FIELDS}})
 
     for v in ("usersync", "plain"):
@@ -158,16 +159,16 @@ def orm_updates(b: Bench, n: int) -> dict[str, float]:
                                                          dbname=info.dbname, password=info.password or None), "b")
             engine = orm.create_engine(db)
             if v == "plain":
-                sa.event.listen(orm.User, "after_update", hook)
+                sa.event.listen(User, "after_update", hook)
             try:
                 with Session(engine) as session:
-                    users = session.scalars(sa.select(orm.User).order_by(orm.User.id)).all()
+                    users = session.scalars(sa.select(User).order_by(User.id)).all()
                     for u in users:
                         u.first_name = (u.first_name or "") + "x"
                     out["app-side hook" if v == "plain" else "usersync"] = timed(session.commit)
             finally:
                 if v == "plain":
-                    sa.event.remove(orm.User, "after_update", hook)
+                    sa.event.remove(User, "after_update", hook)
                 engine.dispose()
             first = conn.execute("select first_name from contacts order by id limit 1").fetchone()
             assert first is not None and first[0].endswith("x")

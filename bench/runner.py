@@ -17,7 +17,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import harness
 from bench import variants
-from pyapp import migrate
+from pyapp import examples, migrate
 from pyapp.config import Database
 
 
@@ -47,6 +47,8 @@ class Bench:
             janitor.init()
             if variant == "usersync":
                 migrate.upgrade(Database(self.server.conninfo(name), "bench"))
+                with psycopg.connect(self.server.conninfo(name), autocommit=True) as conn:
+                    examples.create_and_attach(conn)  # the tables the other variants get, attached
             else:
                 with psycopg.connect(self.server.conninfo(name), autocommit=True) as conn:
                     conn.execute(variants.modules_sql())

@@ -3,18 +3,22 @@
 - plain:    the two modules and nothing else (the floor writes contacts itself, set-based)
 - hand:     the common hand-written pattern: a row-level PL/pgSQL trigger with a hard-coded
             column list and a link table
-- usersync: the migrated schema, default mapping (the same 7 text fields)
+- usersync: the migrated schema and the same two tables attached as a pair, default mapping
+            (the same 7 text fields)
+
+Every variant uses the example tables of pyapp/examples.sql, so they compare like with like.
 """
 
 from __future__ import annotations
 
-from pyapp import schema
+from pyapp import examples
 
 FIELDS = ("first_name", "last_name", "email", "phone", "mobile", "department", "job_title")
 
 
 def modules_sql() -> str:
-    return dict(schema.sql_files())["10_modules.sql"]
+    """The Users and Contacts tables (public.users, public.contacts), as the demo and the tests have them."""
+    return examples.example_tables_sql()
 
 
 LINK_TABLE = "create table user_contact (user_id bigint primary key, contact_id bigint not null unique);"

@@ -3,10 +3,14 @@ function is one or two calls into the engine, which does the work (and the check
 
     from pyapp import admin
     with admin.connect() as conn:            # DATABASE_URL, else the embedded server
+        print([p["pair"] for p in admin.pairs(conn)])
         admin.set_mapping(conn, "academic_title", "title")
         report = admin.resync_all(conn, batch_size=1000, progress=print)
 
-Engine errors are raised as the typed exceptions of pyapp.errors.
+Every function that acts on a pair of tables takes ``pair`` (its name, see ``pairs()``); it may
+be left out while the database has exactly one pair. Engine errors are raised as the typed
+exceptions of pyapp.errors (UnknownPair, US011, when no pair is attached, when several are and
+none was named, or when the named one does not exist).
 """
 
 from __future__ import annotations
@@ -32,43 +36,155 @@ def connect(db: config.Database | str | None = None, *, connect_timeout: int = 5
                            application_name="usersync")
 
 
-def _rows(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+def _rows(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
     with errors.translated(), conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, params).fetchall()
 
 
-def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = None) -> dict[str, Any]:
+def _one(conn: psycopg.Connection, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+         ) -> dict[str, Any]:
     rows = _rows(conn, query, params)
     assert len(rows) == 1, f"expected one row from {query!r}"
     return rows[0]
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# --- pairs ----------------------------------------------------------------------------------------
+
+def pairs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """The attached pairs (the view usersync.pairs), each with its number of synchronized
+    contacts (``synchronized``) and of those not up to date with the mapping (``stale``)."""
+    return _rows(conn, """select p.pair, p.users::text as users, p.contacts::text as contacts,
+                                 p.user_key::text as user_key, p.contact_key::text as contact_key,
+                                 p.switch_column::text as switch_column, p.shared_key,
+                                 p.delete_contact_with_user, p.delete_user_with_contact,
+                                 p.mapping_version, p.all_up_to_date, p.attached_at, p.id,
+                                 coalesce(s.synchronized, 0) as synchronized, coalesce(s.stale, 0) as stale
+                            from usersync.pairs p
+                            left join (select pair, count(*) as synchronized,
+                                              count(*) filter (where not up_to_date) as stale
+                                         from usersync.synchronized_contacts group by pair) s on s.pair = p.pair
+                           order by p.pair""")
+
+
+def pair_name(conn: psycopg.Connection, pair: str | None = None) -> str:
+    """The pair a call acts on: ``pair``, which must be attached, or the database's only pair."""
+    if pair is None:
+        return str(_one(conn, "select usersync._only_pair() as pair")["pair"])
+    names = [r["pair"] for r in _rows(conn, "select pair from usersync.pairs order by pair")]
+    if pair not in names:
+        raise errors.UnknownPair(f"no pair named {_literal(pair)}",
+                                 hint=f"Attached pairs: {', '.join(names) or 'none'}.")
+    return pair
+
+
+def pair_info(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any]:
+    """One row of ``pairs()``."""
+    name = pair_name(conn, pair)
+    return next(p for p in pairs(conn) if p["pair"] == name)
+
+
+def _table(conn: psycopg.Connection, name: str) -> str:
+    """The table a name means (on the search path unless qualified), or AttachRefused."""
+    if _one(conn, "select to_regclass(%s) is null as missing", [name])["missing"]:
+        raise errors.AttachRefused(f"cannot attach {name}: there is no such table",
+                                   hint="Name an existing table, with its schema when it is not on the search path "
+                                        "(e.g. public.users).")
+    return name
+
+
+def _attach_args(users: str, contacts: str, switch_column: str | None, shared_key: bool,
+                 pair: str | None) -> dict[str, Any]:
+    return {"users": users, "contacts": contacts, "switch": switch_column, "shared": shared_key, "pair": pair}
+
+
+_ATTACH_ARGS = ("%(users)s::regclass, %(contacts)s::regclass, switch_column => %(switch)s::name,"
+                " shared_key => %(shared)s, pair => %(pair)s")
+
+
+def attach_preview(conn: psycopg.Connection, users: str, contacts: str, switch_column: str | None = None,
+                   shared_key: bool = False, pair: str | None = None) -> dict[str, Any]:
+    """What ``attach`` would do, writing nothing: ``pair_name``, ``user_key``, ``contact_key``,
+    ``users_to_sync``, ``contacts_to_create``, ``contacts_to_link``, ``mapping`` (user field ->
+    contact field) and ``warnings``. Raises AttachRefused (US010) as attach would."""
+    _table(conn, users)
+    _table(conn, contacts)
+    return _one(conn, "select pair_name, user_key::text as user_key, contact_key::text as contact_key, users_to_sync,"
+                      " contacts_to_create, contacts_to_link, mapping, warnings"
+                      f" from usersync.attach_preview({_ATTACH_ARGS})",
+                _attach_args(users, contacts, switch_column, shared_key, pair))
+
+
+def attach(conn: psycopg.Connection, users: str, contacts: str, switch_column: str | None = None,
+           shared_key: bool = False, pair: str | None = None) -> dict[str, Any]:
+    """Attach usersync to a users table and a contacts table (usersync.attach: the caller owns
+    both tables and the usersync schema). Returns ``pair`` (the new pair's name) and ``warnings``
+    (what the engine warned about: foreign keys between the tables, contact fields no sync can fill)."""
+    _table(conn, users)
+    _table(conn, contacts)
+    warnings: list[str] = []
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            warnings.append(diag.message_primary.removeprefix("usersync: "))
+
+    conn.add_notice_handler(on_notice)
+    try:
+        row = _one(conn, f"select usersync.attach({_ATTACH_ARGS}) as pair",
+                   _attach_args(users, contacts, switch_column, shared_key, pair))
+    finally:
+        conn.remove_notice_handler(on_notice)
+    return {"pair": row["pair"], "warnings": warnings}
+
+
+def pair_configuration(conn: psycopg.Connection, pair: str) -> dict[str, int]:
+    """What detaching the pair would remove: its links and mapping rows (the tables and their rows stay)."""
+    name = pair_name(conn, pair)
+    return _one(conn, """select (select count(*) from usersync.links where pair = %(pair)s) as links,
+                                (select count(*) from usersync.field_mapping where pair = %(pair)s) as "mapping rows"
+                      """, {"pair": name})
+
+
+def detach(conn: psycopg.Connection, pair: str) -> None:
+    """Detach a pair (usersync.detach): its triggers, generated code, links and configuration go;
+    both tables and every row in them stay."""
+    _rows(conn, "select usersync.detach(%s)", [pair])
+
+
 # --- the metadata catalog and the mapping ------------------------------------------------------
 
-def fields(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def fields(conn: psycopg.Connection, pair: str | None = None) -> list[dict[str, Any]]:
     return _rows(conn, "select module, field, data_type, label, not_null, has_default from usersync.metadata_fields"
-                       " order by module desc, position")
+                       " where pair = %s order by module desc, position", [pair_name(conn, pair)])
 
 
-def mapping(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def mapping(conn: psycopg.Connection, pair: str | None = None) -> list[dict[str, Any]]:
     return _rows(conn, """select m.user_field, u.label as user_label, m.contact_field, c.label as contact_label
                             from usersync.field_mapping m
-                            join usersync.metadata_fields u on u.module = 'users' and u.field = m.user_field
-                            join usersync.metadata_fields c on c.module = 'contacts' and c.field = m.contact_field
-                           order by u.position""")
+                            join usersync.metadata_fields u
+                              on u.pair = m.pair and u.module = 'users' and u.field = m.user_field
+                            join usersync.metadata_fields c
+                              on c.pair = m.pair and c.module = 'contacts' and c.field = m.contact_field
+                           where m.pair = %s
+                           order by u.position""", [pair_name(conn, pair)])
 
 
-def mapping_screen(conn: psycopg.Connection) -> dict[str, list[dict[str, Any]]]:
+def mapping_screen(conn: psycopg.Connection, pair: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """The admin screen: mapped pairs, user fields left out, contact fields that stay empty, and
     (among those) the ones that cannot: NOT NULL with a default (they get it) or without one
     (every sync that creates a contact fails until the field is mapped or given a default)."""
-    pairs = mapping(conn)
-    mapped_users = {p["user_field"] for p in pairs}
-    mapped_contacts = {p["contact_field"] for p in pairs}
-    all_fields = fields(conn)
+    pair = pair_name(conn, pair)
+    mapped = mapping(conn, pair)
+    mapped_users = {p["user_field"] for p in mapped}
+    mapped_contacts = {p["contact_field"] for p in mapped}
+    all_fields = fields(conn, pair)
     unmapped_contacts = [f for f in all_fields if f["module"] == "contacts" and f["field"] not in mapped_contacts]
     return {
-        "mapped": pairs,
+        "mapped": mapped,
         "unmapped_user_fields": [f for f in all_fields if f["module"] == "users" and f["field"] not in mapped_users],
         "empty_contact_fields": [f for f in unmapped_contacts if not f["not_null"]],
         "default_contact_fields": [f for f in unmapped_contacts if f["not_null"] and f["has_default"]],
@@ -76,57 +192,64 @@ def mapping_screen(conn: psycopg.Connection) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def set_mapping(conn: psycopg.Connection, user_field: str, contact_field: str) -> None:
+def set_mapping(conn: psycopg.Connection, user_field: str, contact_field: str, pair: str | None = None) -> None:
     """Map user_field to contact_field (replacing user_field's earlier target, if any)."""
+    pair = pair_name(conn, pair)
     with errors.translated(), conn.transaction():
-        updated = conn.execute("update usersync.field_mapping set contact_field = %s where user_field = %s",
-                               [contact_field, user_field]).rowcount
+        updated = conn.execute("update usersync.field_mapping set contact_field = %s"
+                               " where pair = %s and user_field = %s", [contact_field, pair, user_field]).rowcount
         if not updated:
-            conn.execute("insert into usersync.field_mapping (user_field, contact_field) values (%s, %s)",
-                         [user_field, contact_field])
+            conn.execute("insert into usersync.field_mapping (pair, user_field, contact_field) values (%s, %s, %s)",
+                         [pair, user_field, contact_field])
 
 
-def remove_mapping(conn: psycopg.Connection, user_field: str) -> None:
+def remove_mapping(conn: psycopg.Connection, user_field: str, pair: str | None = None) -> None:
+    pair = pair_name(conn, pair)
     with errors.translated():
-        removed = conn.execute("delete from usersync.field_mapping where user_field = %s", [user_field]).rowcount
+        removed = conn.execute("delete from usersync.field_mapping where pair = %s and user_field = %s",
+                               [pair, user_field]).rowcount
     if not removed:
         raise errors.InvalidMapping(f'user field "{user_field}" is not mapped', sqlstate="US003",
                                     hint="See the mapping with: usersync mapping show")
 
 
-def clear_mapping(conn: psycopg.Connection) -> int:
+def clear_mapping(conn: psycopg.Connection, pair: str | None = None) -> int:
+    pair = pair_name(conn, pair)
     with errors.translated():
-        return conn.execute("delete from usersync.field_mapping").rowcount
+        return conn.execute("delete from usersync.field_mapping where pair = %s", [pair]).rowcount
 
 
-def reset_mapping(conn: psycopg.Connection) -> int:
-    return _one(conn, "select usersync.reset_field_mapping() as n")["n"]
+def reset_mapping(conn: psycopg.Connection, pair: str | None = None) -> int:
+    return _one(conn, "select usersync.reset_field_mapping(pair => %s) as n", [pair])["n"]
 
 
 # --- settings ------------------------------------------------------------------------------------
 
-def settings(conn: psycopg.Connection) -> dict[str, bool]:
-    row = _one(conn, "select delete_contact_with_user, delete_user_with_contact from usersync.settings")
+def settings(conn: psycopg.Connection, pair: str | None = None) -> dict[str, bool]:
+    row = _one(conn, "select delete_contact_with_user, delete_user_with_contact from usersync.settings where pair = %s",
+               [pair_name(conn, pair)])
     return {k: bool(v) for k, v in row.items()}
 
 
-def set_setting(conn: psycopg.Connection, name: str, value: bool) -> None:
+def set_setting(conn: psycopg.Connection, name: str, value: bool, pair: str | None = None) -> None:
     if name not in SETTINGS:
         raise errors.InvalidArgument(f"unknown setting {name!r}", hint=f"One of: {', '.join(SETTINGS)}")
-    with errors.translated():
-        conn.execute(f"update usersync.settings set {name} = %s", [value])  # name is one of SETTINGS
+    pair = pair_name(conn, pair)
+    with errors.translated():  # name is one of SETTINGS
+        conn.execute(f"update usersync.settings set {name} = %s where pair = %s", [value, pair])
 
 
 # --- the actions -----------------------------------------------------------------------------------
 
-def sync_users(conn: psycopg.Connection, user_ids: Sequence[int] | None = None) -> int:
-    """"Synchronize users": the given users, or every user whose switch is on."""
-    ids = list(user_ids) if user_ids else None
-    return _one(conn, "select usersync.sync_users(%s::bigint[]) as n", [ids])["n"]
+def sync_users(conn: psycopg.Connection, user_ids: Sequence[int | str] | None = None, pair: str | None = None) -> int:
+    """"Synchronize users": the given users, or every user whose switch is on. Ids are passed as
+    text and read by the engine in the type of the pair's user key (a bigint, a uuid, ...)."""
+    ids = [str(i) for i in user_ids] if user_ids else None
+    return _one(conn, "select usersync.sync_users(%s::text[], pair => %s) as n", [ids, pair])["n"]
 
 
-def set_direction(conn: psycopg.Connection, user_id: int, source: str) -> None:
-    _rows(conn, "select usersync.set_sync_source(%s, %s)", [user_id, source])
+def set_direction(conn: psycopg.Connection, user_id: int | str, source: str, pair: str | None = None) -> None:
+    _rows(conn, "select usersync.set_sync_source(%s::text, %s, pair => %s)", [str(user_id), source, pair])
 
 
 @dataclass
@@ -151,10 +274,12 @@ def resync_all(
     conn: psycopg.Connection,
     batch_size: int = 1000,
     *,
+    pair: str | None = None,
     progress: Callable[[ResyncReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ResyncReport:
-    """"Update all synchronized users", a committed batch at a time (resumes an unfinished run).
+    """"Update all synchronized users" of a pair, a committed batch at a time (resumes an
+    unfinished run).
 
     ``progress`` is called after each batch; when ``should_stop`` returns true after a batch the
     run stops there, committed, and the next call continues it.
@@ -164,7 +289,7 @@ def resync_all(
                                      hint="Use pyapp.admin.connect().")
     report = ResyncReport()
     while True:
-        step = _one(conn, "select * from usersync.resync_step(%s)", [batch_size])
+        step = _one(conn, "select * from usersync.resync_step(batch_size => %s, pair => %s)", [batch_size, pair])
         report.total, report.synced, report.changed, report.failed = (
             step["total"], step["synced"], step["changed"], step["failed"])
         report.done = step["done"]
@@ -175,33 +300,42 @@ def resync_all(
             progress(report)
         if should_stop and should_stop():
             break
-    report.failures = sync_errors(conn)
+    report.failures = sync_errors(conn, pair=pair)
     return report
 
 
-def preview_resync(conn: psycopg.Connection, examples: int = 5) -> dict[str, Any]:
+def preview_resync(conn: psycopg.Connection, examples: int = 5, pair: str | None = None) -> dict[str, Any]:
     """The dry run of resync_all: ``pairs``, ``would_change`` (pairs whose target would be rewritten),
     ``would_fail`` (pairs holding a value their target field cannot take: the run would record them
     in sync_errors and go on), ``stale``, and ``changes``: up to ``examples`` failing fields, each with
     ``error`` (the message) and ``sqlstate``, then up to ``examples`` changes, each with ``to``. Every
-    example has ``user_id``, ``contact_id``, ``field`` and ``from``."""
-    return _one(conn, "select pairs, would_change, would_fail, stale, changes from usersync.preview_resync(%s)",
-                [examples])
+    example has ``user_id``, ``contact_id``, ``field`` and ``from``. (Here "pairs" are pairs of rows:
+    a user and its synchronized contact.)"""
+    return _one(conn, "select pairs, would_change, would_fail, stale, changes"
+                      " from usersync.preview_resync(examples => %s, pair => %s)", [examples, pair])
 
 
-def sync_errors(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
+def sync_errors(conn: psycopg.Connection, limit: int = 20, *, pair: str | None = None) -> list[dict[str, Any]]:
     return _rows(conn, "select user_id, contact_id, field, sqlstate, message, occurred_at"
-                       " from usersync.sync_errors order by occurred_at desc, user_id limit %s", [limit])
+                       " from usersync.sync_errors where pair = %s order by occurred_at desc, user_id limit %s",
+                 [pair_name(conn, pair), limit])
 
 
-def status(conn: psycopg.Connection) -> dict[str, Any]:
+def status(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any]:
+    """One pair: its tables, its synchronized contacts (``pairs``: pairs of rows), how many are
+    stale, failed or reversed, its delete toggles, its last resync run and the server."""
+    info = pair_info(conn, pair)
+    params = {"pair": info["pair"]}
     counts = _one(conn, """select count(*) as pairs,
                                   count(*) filter (where not up_to_date) as stale,
                                   count(*) filter (where source = 'contact') as reversed
-                             from usersync.synchronized_contacts""")
-    failed = _one(conn, "select count(*) as n from usersync.sync_errors")["n"]
-    state = _rows(conn, "select started_at, finished_at, total, synced, changed, failed from usersync.resync_state")
+                             from usersync.synchronized_contacts where pair = %(pair)s""", params)
+    failed = _one(conn, "select count(*) as n from usersync.sync_errors where pair = %(pair)s", params)["n"]
+    state = _rows(conn, "select started_at, finished_at, total, synced, changed, failed from usersync.resync_state"
+                        " where pair = %(pair)s", params)
     server = _one(conn, "select current_setting('server_version') as version, current_database() as database,"
-                        " (select version from usersync.mapping_state) as mapping_version")
-    return {**counts, "failed": failed, "settings": settings(conn), "last_resync": state[0] if state else None,
+                        " (select version from usersync.mapping_state where pair = %(pair)s) as mapping_version",
+                  params)
+    return {"pair": info["pair"], "users": info["users"], "contacts": info["contacts"], **counts, "failed": failed,
+            "settings": {k: bool(info[k]) for k in SETTINGS}, "last_resync": state[0] if state else None,
             "server": server}

@@ -11,8 +11,9 @@ import datetime
 import json
 import os
 import re
+import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -106,10 +107,17 @@ DatabaseUrl = Annotated[
                  help="postgresql://… (default: $DATABASE_URL, else the embedded local server)"),
 ]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+Pair = Annotated[
+    str | None,
+    typer.Option("--pair", metavar="NAME",
+                 help="the pair of tables to act on (see `usersync pairs`); needed only when several are attached"),
+]
 Yes = Annotated[bool, typer.Option("--yes", help="do not ask for confirmation (for scripts)")]
 
 
 root_database_url: str | None = None  # `usersync --database-url URL COMMAND`, set by main_options
+root_pair: str | None = None  # `usersync --pair NAME COMMAND`, likewise
+given_pair: str | None = None  # the pair this invocation named, repeated in the commands hints suggest
 
 
 def show_version(value: bool) -> None:
@@ -121,12 +129,15 @@ def show_version(value: bool) -> None:
 @app.callback()
 def main_options(
     database_url: DatabaseUrl = None,
+    pair: Pair = None,
     version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
-    global out, root_database_url
+    global out, root_database_url, root_pair, given_pair
     out = Output()
     root_database_url = database_url
+    root_pair = pair
+    given_pair = None
 
 
 def resolve(database_url: str | None) -> config.Database:
@@ -134,21 +145,60 @@ def resolve(database_url: str | None) -> config.Database:
     return config.resolve(database_url or root_database_url)
 
 
+def the_pair(pair: str | None) -> str | None:
+    """The command's --pair, else the one given before the command; None: the database's only pair."""
+    global given_pair
+    given_pair = pair if pair is not None else root_pair
+    return given_pair
+
+
+def pair_flag() -> str:
+    """` --pair NAME` when this invocation named its pair (to repeat in a suggested command)."""
+    return f" --pair {shlex.quote(given_pair)}" if given_pair is not None else ""
+
+
+def _lit(group: str) -> str:
+    """An SQL literal as format('%L') writes it, its text in the named group."""
+    return rf"'(?P<{group}>(?:[^']|'')*)'"
+
+
 # The engine's hints name SQL; where the CLI has a command for it, the CLI names the command.
+# Templates take the pattern's named groups (shell-quoted) and {pair}: ` --pair NAME` when the
+# invocation named its pair. The more specific patterns come first.
 CLI_HINTS = [
-    (r"SELECT field FROM usersync\.metadata_fields WHERE module = '[^']*'", "usersync fields"),
-    (r"UPDATE usersync\.field_mapping SET contact_field = \.\.\. WHERE user_field = '([^']*)'",
-     r"usersync mapping set \1 CONTACT_FIELD"),
-    (r"DELETE FROM usersync\.field_mapping WHERE user_field = '([^']*)'", r"usersync mapping remove \1"),
-    (r"(?:SELECT )?usersync\.set_sync_source\((\w+), 'user'\)", r"usersync direction \1 user"),
-    (r"\(usersync\.field_mapping\)", "(usersync mapping set)"),
+    (rf"SELECT field FROM usersync\.metadata_fields WHERE (?:pair = {_lit('in_pair')} AND )?module = '[^']*'",
+     "usersync fields{pair}"),
+    (r"UPDATE usersync\.field_mapping SET contact_field = \.\.\. "
+     rf"WHERE (?:pair = {_lit('in_pair')} AND )?user_field = {_lit('field')}",
+     "usersync mapping set {field} CONTACT_FIELD{pair}"),
+    (rf"DELETE FROM usersync\.field_mapping WHERE (?:pair = {_lit('in_pair')} AND )?user_field = {_lit('field')}",
+     "usersync mapping remove {field}{pair}"),
+    (rf"usersync\.set_sync_source\(\.\.\., 'user', pair => {_lit('name')}\)",
+     "usersync direction USER_ID user --pair {name}"),
+    (r"usersync\.set_sync_source\(user_id, 'user'\)", "usersync direction USER_ID user{pair}"),
+    (r"(?:SELECT )?usersync\.set_sync_source\((?P<id>[^,()']+), 'user'\)", "usersync direction {id} user{pair}"),
+    (rf"\(usersync\.field_mapping(?:, pair {_lit('in_pair')})?\)", "(usersync mapping set{pair})"),
+    (r"SELECT usersync\.sync_users\(\)", "usersync sync{pair}"),
+    (rf"SELECT usersync\.detach\({_lit('name')}\)", "usersync detach {name}"),
+    (r"SELECT pair FROM usersync\.pairs", "usersync pairs"),
+    (r" \(or SELECT usersync\.attach\([^)]*\)\)", ""),
+    (r"Pass pair => 'NAME' \(usersync --pair NAME on the command line\)\.",
+     "Pass --pair NAME (usersync pairs lists them)."),
+    (r"Name the new pair with pair => 'NAME'\.", "Name the new pair with --pair NAME."),
+    (r"attach with shared_key => true", "attach with --shared-key"),
     (r"DROP SCHEMA usersync CASCADE", "usersync uninstall"),
 ]
 
 
 def cli_hint(hint: str) -> str:
-    for pattern, replacement in CLI_HINTS:
-        hint = re.sub(pattern, replacement, hint)
+    def command(template: str) -> Callable[[re.Match[str]], str]:
+        def fill(match: re.Match[str]) -> str:
+            values = {k: shlex.quote(v.replace("''", "'")) for k, v in match.groupdict().items() if v is not None}
+            return template.format(**values, pair=pair_flag())
+        return fill
+
+    for pattern, template in CLI_HINTS:
+        hint = re.sub(pattern, command(template), hint)
     return hint
 
 
@@ -181,7 +231,7 @@ def failures() -> Iterator[None]:
     except typer.Exit:
         raise
     except errors.UsersyncError as exc:
-        fail(exc.message, sqlstate=exc.sqlstate, detail=exc.detail, hint=exc.hint)
+        engine_failure(exc)
     except config.UnsupportedDatabaseUrl as exc:
         fail(f"{config.ENV_VAR}: {exc}", code=2)
     except psycopg.OperationalError as exc:
@@ -191,6 +241,8 @@ def failures() -> Iterator[None]:
         error = driver_error(exc)
         if error is None:
             raise
+        if (typed := errors.translate(error)) is not None:
+            engine_failure(typed)
         hint = error.diag.message_hint
         if error.sqlstate in ("42P01", "42883") and not hint:  # undefined table or function
             hint = NOT_UP_TO_DATE
@@ -202,6 +254,13 @@ def failures() -> Iterator[None]:
                   "head, base and relative steps such as -1 work too")
     except (LookupError, server.EmbeddedServerUnavailable) as exc:
         fail(str(exc))
+
+
+def engine_failure(exc: errors.UsersyncError) -> NoReturn:
+    if isinstance(exc, errors.UnknownPair) and exc.no_pair_attached:
+        fail("no pair attached: run usersync attach USERS CONTACTS", sqlstate=exc.sqlstate,
+             hint="usersync attach --help tells how; usersync pairs lists the attached pairs")
+    fail(exc.message, sqlstate=exc.sqlstate, detail=exc.detail, hint=exc.hint)
 
 
 def require_installed(conn: psycopg.Connection, db: config.Database) -> None:
@@ -224,16 +283,19 @@ def interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def confirm(action: str, loses: dict[str, int], yes: bool) -> None:
-    """A destructive action asks on a terminal; without one it needs --yes (exit 2)."""
+def confirm(action: str, loses: dict[str, int], yes: bool, *, nothing: str = "the engine",
+            keeps: str | None = None) -> None:
+    """A destructive action asks on a terminal; without one it needs --yes (exit 2). ``loses``
+    counts what goes (``nothing`` when it counts none); ``keeps`` says what stays."""
     if yes:
         return
-    what = ", ".join(count(n, name.removesuffix("s"), name) for name, n in loses.items()) or "the engine"
+    what = ", ".join(count(n, name.removesuffix("s"), name) for name, n in loses.items() if n) or nothing
+    stays = f" ({keeps})" if keeps else ""
     if not interactive():
-        err.print(f"[red]refusing to {action} without --yes:[/red] it would remove {what}", highlight=False)
+        err.print(f"[red]refusing without --yes:[/red] {action} would remove {what}{stays}", highlight=False)
         raise typer.Exit(2)
     try:
-        agreed = typer.confirm(f"{action} removes {what}. Continue?", default=False)
+        agreed = typer.confirm(f"{action} removes {what}{stays}. Continue?", default=False)
     except typer.Abort as exc:  # Ctrl-C or end of input at the prompt
         err.print("nothing changed")
         raise typer.Exit(130 if isinstance(exc.__context__, KeyboardInterrupt) else 1) from None
@@ -344,31 +406,147 @@ def uninstall(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
         err.print(f"usersync removed from {db.describe()}; reinstall with: usersync db upgrade")
 
 
+# --- pairs ----------------------------------------------------------------------------------------
+
+@app.command("pairs")
+def pairs(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """The attached pairs of tables: users → contacts, keys, switch, synchronized contacts."""
+    with connection(database_url) as conn:
+        rows = admin.pairs(conn)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        err.print("no pair attached: run usersync attach USERS CONTACTS")
+        return
+    t = Table(title="Pairs", title_justify="left")
+    for column in ("pair", "users", "", "contacts", "keys", "switch", "synchronized", "up to date"):
+        t.add_column(column)
+    for p in rows:
+        keys = f"{p['user_key']} → {'shared' if p['shared_key'] else p['contact_key']}"
+        t.add_row(Text(p["pair"]), Text(p["users"]), "→", Text(p["contacts"]), Text(keys),
+                  Text(p["switch_column"] or "(none: every user)"), str(p["synchronized"]),
+                  "yes" if p["all_up_to_date"] else f"no: {p['stale']} stale")
+    out.print(t)
+
+
+@app.command("attach")
+def attach(
+    users: Annotated[str, typer.Argument(metavar="USERS",
+                                         help="the users table (with its schema when not on the search path)")],
+    contacts: Annotated[str, typer.Argument(metavar="CONTACTS", help="the contacts table")],
+    switch: Annotated[str | None, typer.Option(
+        "--switch", metavar="COLUMN",
+        help="boolean NOT NULL column of USERS that switches a user's synchronization on "
+             "(default: none, every user is synchronized)")] = None,
+    shared_key: Annotated[bool, typer.Option(
+        "--shared-key", help="a contact's key is its user's key (existing contacts with it are linked)")] = False,
+    pair: Annotated[str | None, typer.Option(
+        "--pair", metavar="NAME", help="name of the new pair (default: the contacts table's name)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="change nothing; show what attaching would do")] = False,
+    database_url: DatabaseUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Attach usersync to a users table and a contacts table (the tables and their rows are the
+    application's: usersync adds triggers, a policy and grants, and the contacts it syncs). Needs
+    the owner of both tables and of the usersync schema, such as the role that installed it."""
+    pair = pair if pair is not None else root_pair
+    with connection(database_url) as conn, owner_needed("attach"):
+        if dry_run:
+            preview = admin.attach_preview(conn, users, contacts, switch, shared_key, pair)
+        else:
+            attached = admin.attach(conn, users, contacts, switch, shared_key, pair)
+            info = admin.pair_info(conn, attached["pair"])
+    if dry_run:
+        if as_json:
+            emit_json(preview)
+            return
+        show_attach_preview(users, contacts, switch, shared_key, preview)
+        return
+    if as_json:
+        emit_json({**attached, "synchronized": info["synchronized"]})
+        return
+    for warning in attached["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    out.print(f"attached pair {info['pair']}: {info['users']} → {info['contacts']}, "
+              f"{count(info['synchronized'], 'contact')} synchronized", highlight=False)
+    err.print(f"see the mapping with: usersync mapping show --pair {shlex.quote(info['pair'])}", highlight=False)
+
+
+def show_attach_preview(users: str, contacts: str, switch: str | None, shared_key: bool, p: dict[str, Any]) -> None:
+    out.print(f"attaching {users} → {contacts} would create pair {p['pair_name']}:", highlight=False)
+    key = "its user's (shared key)" if shared_key else p["contact_key"]
+    out.print(f"  keys: {users}.{p['user_key']} → {contacts}.{key}", highlight=False)
+    whom = f"whose {switch} is on" if switch else "(no switch: every user)"
+    out.print(f"  synchronize {count(p['users_to_sync'], 'user')} {whom}: "
+              f"create {count(p['contacts_to_create'], 'contact')}, link {p['contacts_to_link']} existing",
+              highlight=False)
+    if p["mapping"]:
+        out.print(f"  map {count(len(p['mapping']), 'field')}: "
+                  + ", ".join(f"{u} → {c}" for u, c in p["mapping"].items()), markup=False, highlight=False)
+    else:
+        out.print("  map no field (no user field has a same-named contact field it can fill)", highlight=False)
+    for warning in p["warnings"]:
+        out.print(Text.assemble(("  warning: ", "yellow"), warning))
+    out.print("nothing was changed; attach without --dry-run to do it.")
+
+
+@contextmanager
+def owner_needed(action: str) -> Iterator[None]:
+    """attach and detach run as the caller, who must own the tables and the usersync schema."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        fail(exc.diag.message_primary or str(exc), sqlstate=exc.sqlstate,
+             hint=f"to {action} a pair, connect as the owner of both tables and of the usersync schema "
+                  "(the role that installed usersync, such as postgres)")
+
+
+@app.command("detach")
+def detach(
+    pair: Annotated[str, typer.Argument(metavar="PAIR", help="the pair's name (usersync pairs lists them)")],
+    database_url: DatabaseUrl = None,
+    yes: Yes = False,
+) -> None:
+    """Detach a pair: remove its triggers, generated code, links and mapping (asks first). Both
+    tables and every row in them are kept; the contacts simply stop being synchronized."""
+    with connection(database_url) as conn, owner_needed("detach"):
+        info = admin.pair_info(conn, pair)
+        keeps = f"{info['users']} and {info['contacts']} and their rows are kept"
+        confirm(f"detaching pair {pair}", admin.pair_configuration(conn, pair), yes,
+                nothing="its triggers and configuration", keeps=keeps)
+        admin.detach(conn, pair)
+    err.print(f"detached pair {pair}: {keeps}; its contacts are no longer synchronized", highlight=False)
+
+
 # --- read commands ------------------------------------------------------------------------------
 
 @app.command("status")
-def status(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
-    """Pairs synced, stale, failed, reversed; the delete toggles; the server."""
+def status(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
+    """One pair: contacts synced, stale, failed, reversed; the delete toggles; the server."""
     with connection(database_url) as conn:
-        st = admin.status(conn)
+        st = admin.status(conn, the_pair(pair))
     if as_json:
         emit_json(st)
         return
     s = st["server"]
-    out.print(f"[bold]{s['database']}[/bold] on PostgreSQL {s['version']} (mapping version {s['mapping_version']})")
-    out.print(table(None, [{"pairs": st["pairs"], "up to date": st["pairs"] - st["stale"], "stale": st["stale"],
-                            "failed": st["failed"], "reversed": st["reversed"]}]))
+    out.print(f"[bold]{s['database']}[/bold] on PostgreSQL {s['version']}", highlight=False)
+    out.print(f"pair {st['pair']}: {st['users']} → {st['contacts']} (mapping version {s['mapping_version']})",
+              highlight=False)
+    out.print(table(None, [{"synchronized": st["pairs"], "up to date": st["pairs"] - st["stale"],
+                            "stale": st["stale"], "failed": st["failed"], "reversed": st["reversed"]}]))
     for name, value in st["settings"].items():
         out.print(f"{name.replace('_', ' ')}: {'on' if value else 'off'}")
     if st["stale"]:
-        out.print("[yellow]The mapping changed since some pairs were synced: run `usersync resync`.[/yellow]")
+        out.print(f"[yellow]The mapping changed since some contacts were synced: run `usersync resync{pair_flag()}`."
+                  "[/yellow]", highlight=False)
 
 
 @app.command("fields")
-def fields(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
-    """The metadata fields of both modules, with labels and types."""
+def fields(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
+    """The metadata fields of a pair's two tables, with labels and types."""
     with connection(database_url) as conn:
-        rows = admin.fields(conn)
+        rows = admin.fields(conn, the_pair(pair))
     if as_json:
         emit_json(rows)
         return
@@ -378,10 +556,10 @@ def fields(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
 # --- mapping --------------------------------------------------------------------------------------
 
 @mapping_app.command("show")
-def mapping_show(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+def mapping_show(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
     """The two columns side by side, as on the admin screen."""
     with connection(database_url) as conn:
-        screen = admin.mapping_screen(conn)
+        screen = admin.mapping_screen(conn, the_pair(pair))
     if as_json:
         emit_json(screen)
         return
@@ -401,56 +579,59 @@ def mapping_show(database_url: DatabaseUrl = None, as_json: Json = False) -> Non
     out.print(t)
     for f in screen["unfillable_contact_fields"]:
         err.print(f"[red]warning:[/red] contact field {f['field']} cannot be NULL and has no default: creating a "
-                  f"contact fails until a user field is mapped to it (usersync mapping set USER_FIELD {f['field']})",
-                  highlight=False)
+                  f"contact fails until a user field is mapped to it (usersync mapping set USER_FIELD {f['field']}"
+                  f"{pair_flag()})", highlight=False)
     if screen["unmapped_user_fields"]:
         names = ", ".join(f["field"] for f in screen["unmapped_user_fields"])
         out.print(f"[dim]User fields not transferred: {names}[/dim]")
 
 
 @mapping_app.command("set")
-def mapping_set(user_field: str, contact_field: str, database_url: DatabaseUrl = None) -> None:
+def mapping_set(user_field: str, contact_field: str, database_url: DatabaseUrl = None, pair: Pair = None) -> None:
     """Map USER_FIELD to CONTACT_FIELD (replaces USER_FIELD's earlier target)."""
     with connection(database_url) as conn:
-        admin.set_mapping(conn, user_field, contact_field)
-    err.print(f"mapped {user_field} → {contact_field}; existing contacts change on the next `usersync resync`")
+        admin.set_mapping(conn, user_field, contact_field, the_pair(pair))
+    err.print(f"mapped {user_field} → {contact_field}; existing contacts change on the next "
+              f"`usersync resync{pair_flag()}`", highlight=False)
 
 
 @mapping_app.command("remove")
-def mapping_remove(user_field: str, database_url: DatabaseUrl = None) -> None:
+def mapping_remove(user_field: str, database_url: DatabaseUrl = None, pair: Pair = None) -> None:
     """Delete the mapping of USER_FIELD (its contact field stays empty from the next sync)."""
     with connection(database_url) as conn:
-        admin.remove_mapping(conn, user_field)
+        admin.remove_mapping(conn, user_field, the_pair(pair))
     err.print(f"removed the mapping of {user_field}")
 
 
 @mapping_app.command("clear")
-def mapping_clear(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
-    """Delete every mapping (asks first)."""
+def mapping_clear(database_url: DatabaseUrl = None, pair: Pair = None, yes: Yes = False) -> None:
+    """Delete every mapping of the pair (asks first)."""
     with connection(database_url) as conn:
-        if mapped := len(admin.mapping(conn)):
+        name = admin.pair_name(conn, the_pair(pair))
+        if mapped := len(admin.mapping(conn, name)):
             confirm("clearing the mapping", {"mapping rows": mapped}, yes)
-        n = admin.clear_mapping(conn)
+        n = admin.clear_mapping(conn, name)
     err.print(f"removed {count(n, 'mapping')}")
 
 
 @mapping_app.command("reset")
-def mapping_reset(database_url: DatabaseUrl = None, yes: Yes = False) -> None:
-    """Restore the default: every field both modules have (asks first)."""
+def mapping_reset(database_url: DatabaseUrl = None, pair: Pair = None, yes: Yes = False) -> None:
+    """Restore the default: every field both tables have (asks first)."""
     with connection(database_url) as conn:
-        if mapped := len(admin.mapping(conn)):
+        name = admin.pair_name(conn, the_pair(pair))
+        if mapped := len(admin.mapping(conn, name)):
             confirm("resetting the mapping to the default", {"mapping rows": mapped}, yes)
-        n = admin.reset_mapping(conn)
+        n = admin.reset_mapping(conn, name)
     err.print(f"restored the default mapping ({count(n, 'field')})")
 
 
 # --- settings ---------------------------------------------------------------------------------------
 
 @settings_app.command("show")
-def settings_show(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
-    """The delete toggles."""
+def settings_show(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
+    """The delete toggles of a pair."""
     with connection(database_url) as conn:
-        st = admin.settings(conn)
+        st = admin.settings(conn, the_pair(pair))
     if as_json:
         emit_json(st)
         return
@@ -463,8 +644,9 @@ def settings_set(
     name: Annotated[str, typer.Argument(help="delete-contact-with-user or delete-user-with-contact")],
     value: Annotated[str, typer.Argument(help="on or off")],
     database_url: DatabaseUrl = None,
+    pair: Pair = None,
 ) -> None:
-    """Switch a delete toggle on or off."""
+    """Switch a delete toggle of a pair on or off."""
     key = name.replace("-", "_")
     if key not in admin.SETTINGS:
         raise typer.BadParameter(
@@ -472,7 +654,7 @@ def settings_set(
     if value.lower() not in ("on", "off", "true", "false"):
         raise typer.BadParameter("the value is on or off")
     with connection(database_url) as conn:
-        admin.set_setting(conn, key, value.lower() in ("on", "true"))
+        admin.set_setting(conn, key, value.lower() in ("on", "true"), the_pair(pair))
     err.print(f"{name}: {value.lower()}")
 
 
@@ -481,14 +663,16 @@ def settings_set(
 @app.command("sync")
 def sync(
     user_ids: Annotated[
-        list[int] | None, typer.Argument(help="user ids (default: every user whose switch is on)")
+        list[str] | None,
+        typer.Argument(help="user ids, in the users table's key type (default: every user whose switch is on)"),
     ] = None,
     database_url: DatabaseUrl = None,
+    pair: Pair = None,
     as_json: Json = False,
 ) -> None:
     """"Synchronize users": sync (and repair) the given users' contacts."""
     with connection(database_url) as conn:
-        n = admin.sync_users(conn, user_ids)
+        n = admin.sync_users(conn, user_ids, the_pair(pair))
     if as_json:
         emit_json({"synced": n})
     else:
@@ -501,13 +685,15 @@ def resync(
                                             help="pairs per committed batch")] = 1000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="change nothing; show what would change")] = False,
     database_url: DatabaseUrl = None,
+    pair: Pair = None,
     as_json: Json = False,
 ) -> None:
-    """"Update all synchronized users": re-apply the mapping to every pair. Ctrl-C stops after the
-    current batch; running it again continues."""
+    """"Update all synchronized users": re-apply the mapping to every user and contact of a pair.
+    Ctrl-C stops after the current batch; running it again continues."""
     with connection(database_url) as conn:
+        pair = the_pair(pair)
         if dry_run:
-            preview = admin.preview_resync(conn)
+            preview = admin.preview_resync(conn, pair=pair)
             if as_json:
                 emit_json(preview)
                 return
@@ -523,7 +709,7 @@ def resync(
             if changing:
                 out.print(table("Examples", changing, ["user_id", "contact_id", "field", "from", "to"]))
             return
-        report = progress.run_resync(conn, batch_size, out, err, quiet=as_json)
+        report = progress.run_resync(conn, batch_size, out, err, quiet=as_json, pair=pair)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -533,25 +719,28 @@ def resync(
             out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
                       f"{f['sqlstate']} {f['message']}", markup=False, highlight=False)
     if not report.done:  # Ctrl-C: the batch in flight committed, the run stopped there
-        err.print("[yellow]stopped after the current batch: run `usersync resync` again to continue[/yellow]")
+        err.print(f"[yellow]stopped after the current batch: run `usersync resync{pair_flag()}` again to continue"
+                  "[/yellow]", highlight=False)
         raise typer.Exit(130)
 
 
 @app.command("direction")
 def direction(
-    user_id: int,
+    user_id: Annotated[str, typer.Argument(help="the user's id, in the users table's key type")],
     source: Annotated[str, typer.Argument(help="user (the default direction) or contact (reversed)")],
     database_url: DatabaseUrl = None,
+    pair: Pair = None,
 ) -> None:
-    """Reverse a pair (contact) or restore it (user)."""
+    """Reverse a user's synchronization (contact) or restore it (user)."""
     with connection(database_url) as conn:
-        admin.set_direction(conn, user_id, source)
-    err.print(f"user {user_id}: the {source} is now the data source")
+        admin.set_direction(conn, user_id, source, the_pair(pair))
+    err.print(f"user {user_id}: the {source} is now the data source", highlight=False)
 
 
 @app.command("demo")
 def demo(database_url: DatabaseUrl = None) -> None:
-    """Tell the help article's story against a real database."""
+    """Tell the help article's story against a real database: installs usersync, creates the
+    example tables users and contacts and attaches them."""
     from pyapp import demo as demo_module
 
     with failures():

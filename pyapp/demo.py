@@ -1,4 +1,8 @@
-"""`usersync demo`: the help article's story, told with real SQL against a real server."""
+"""`usersync demo`: the help article's story, told with real SQL against a real server.
+
+It installs usersync, creates the example tables public.users and public.contacts
+(pyapp/examples.sql: the application's tables, not usersync's) and attaches them as the pair
+"contacts", then writes to them as any application would."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from pyapp import admin, config, errors, migrate, progress, server
+from pyapp import admin, config, errors, examples, migrate, progress, server
 
 DEMO_DB = "usersync_demo"
 
@@ -35,6 +39,14 @@ def _demo_database(database_url: str | None) -> config.Database:
 
 def _refuse_if_in_use(db: config.Database) -> None:
     with psycopg.connect(db.conninfo, connect_timeout=5) as conn:
+        if conn.execute("select to_regclass('usersync.attachments') is not null").fetchone() == (True,):
+            attached = [r[0] for r in conn.execute("select pair from usersync.attachments order by pair")]
+            if attached and attached != [examples.PAIR]:
+                raise DemoRefused(
+                    f"{db.describe()} already has pairs attached ({', '.join(attached)}); the demo only runs on an "
+                    "empty database",
+                    hint="Point --database-url at a new, empty database, or run without DATABASE_URL "
+                         "to use the embedded server.")
         for table in ("public.users", "public.contacts"):
             exists = conn.execute("select to_regclass(%s) is not null", [table]).fetchone()
             if exists and exists[0] and conn.execute(f"select exists (select from {table})").fetchone() != (False,):
@@ -91,9 +103,11 @@ class Story:
             raise AssertionError(f"the engine accepted: {statement}")
 
 
+ATTACH = "select usersync.attach('public.users', 'public.contacts', switch_column => 'sync_to_contact')"
+
 CONTACTS = "select c.id, c.title, c.first_name, c.last_name, c.email, c.phone,\n" \
            "       s.user_id is not null as user_contact\n" \
-           "  from contacts c left join usersync.synchronized_contacts s on s.contact_id = c.id order by c.id"
+           "  from contacts c left join usersync.synchronized_contacts s on s.contact_id = c.id::text order by c.id"
 
 
 def run(database_url: str | None, console: Console) -> None:
@@ -105,6 +119,14 @@ def run(database_url: str | None, console: Console) -> None:
         console.print(f"PostgreSQL {version['server_version'] if version else '?'}, "
                       f"usersync schema at revision {migrate.current(db)}")
         s = Story(conn, console)
+
+        s.step("Attach usersync to the application's tables",
+               "public.users and public.contacts are the example tables of pyapp/examples.sql; usersync "
+               "attaches to them,\nmaps their same-named fields, and never alters their columns or rows.")
+        console.print(Syntax(ATTACH, "sql", theme="ansi_dark", word_wrap=True))
+        with psycopg.connect(db.conninfo, autocommit=True) as plain:
+            examples.create_and_attach(plain)
+        s.show("select pair, users, contacts, user_key, contact_key, switch_column from usersync.pairs")
 
         s.step("Create users with \"Synchronize user to contact module\" switched on",
                "Any application writing to the database gets the behaviour: these are plain INSERTs.")

@@ -94,6 +94,24 @@ class ResyncInProgress(UsersyncError):
     sqlstate = "US009"
 
 
+class AttachRefused(UsersyncError):
+    """US010: tables that usersync.attach() cannot attach (no usable key, a view, a switch that is
+    not boolean NOT NULL, a table already in a pair, ...); the message names the table and column."""
+
+    sqlstate = "US010"
+
+
+class UnknownPair(UsersyncError):
+    """US011: no pair is attached, or the database has several and none was named, or no pair has
+    the given name."""
+
+    sqlstate = "US011"
+
+    @property
+    def no_pair_attached(self) -> bool:
+        return self.message == "no pair attached"
+
+
 class ValueDoesNotFit(UsersyncError):
     """A value its target column cannot hold (class 22/23), with user, contact and field named."""
 
@@ -101,7 +119,7 @@ class ValueDoesNotFit(UsersyncError):
 BY_SQLSTATE: dict[str, type[UsersyncError]] = {
     cls.sqlstate: cls
     for cls in (ContactReadOnly, UserReadOnly, InvalidMapping, UnsupportedOperation, SchemaDependency, InvalidArgument,
-                WriteSwallowed, KeyChangeRefused, ResyncInProgress)
+                WriteSwallowed, KeyChangeRefused, ResyncInProgress, AttachRefused, UnknownPair)
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from importlib import resources
 
 import psycopg
+from psycopg.rows import tuple_row
 
 PAIR = "contacts"
 
@@ -17,11 +18,13 @@ def example_tables_sql() -> str:
 
 def create_and_attach(conn: psycopg.Connection) -> str:
     """Create public.users and public.contacts (when missing) and attach them as a pair."""
-    conn.execute(example_tables_sql())
-    attached = conn.execute("select 1 from usersync.attachments where contacts = 'public.contacts'::regclass").fetchone()
-    if attached:
-        return PAIR
-    row = conn.execute(
-        "select usersync.attach('public.users', 'public.contacts', switch_column => 'sync_to_contact')").fetchone()
+    with conn.cursor(row_factory=tuple_row) as cur:  # (whatever rows the connection makes)
+        cur.execute(example_tables_sql())
+        attached = cur.execute("select pair from usersync.attachments"
+                               " where contacts = 'public.contacts'::regclass").fetchone()
+        if attached:
+            return str(attached[0])
+        row = cur.execute(
+            "select usersync.attach('public.users', 'public.contacts', switch_column => 'sync_to_contact')").fetchone()
     assert row is not None
     return str(row[0])

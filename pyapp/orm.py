@@ -1,12 +1,16 @@
-"""SQLAlchemy 2 models of the two modules and of the engine's configuration.
+"""SQLAlchemy 2 models of usersync's own catalog: the pairs, their mapping and settings, and the
+synchronized contacts. The application's tables are the application's models (the demo's are in
+pyapp.demo_models); writing them through any engine made here raises the engine's errors as the
+typed exceptions of pyapp.errors.
 
     engine = pyapp.orm.create_engine(pyapp.config.resolve())
     with Session(engine) as session:
-        session.add(User(login="alice", first_name="Alice", sync_to_contact=True))
-        session.commit()   # the contact now exists: the database did it
+        session.add(FieldMapping(pair="contacts", user_field="academic_title", contact_field="title"))
+        session.get(Settings, "contacts").delete_contact_with_user = True
+        session.commit()
 
-Engine errors raised by ORM calls arrive as the typed exceptions of pyapp.errors.
-Custom fields that a DBA adds are not in these classes; they are still synchronized.
+Keys of the application's rows are text here (``user_id``, ``contact_id``): pairs may have keys
+of any type.
 """
 
 from __future__ import annotations
@@ -25,70 +29,77 @@ class Base(DeclarativeBase):
     pass
 
 
-class User(Base):
-    __tablename__ = "users"
-    __table_args__: ClassVar[dict[str, str]] = {"schema": "public"}
+class Pair(Base):
+    """Read-only: the view usersync.pairs (attach and detach with pyapp.admin or the SQL functions)."""
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(always=True), primary_key=True)
-    login: Mapped[str] = mapped_column(sa.Text, unique=True)
-    first_name: Mapped[str | None] = mapped_column(sa.Text)
-    last_name: Mapped[str | None] = mapped_column(sa.Text)
-    academic_title: Mapped[str | None] = mapped_column(sa.Text)
-    email: Mapped[str | None] = mapped_column(sa.Text)
-    phone: Mapped[str | None] = mapped_column(sa.Text)
-    mobile: Mapped[str | None] = mapped_column(sa.Text)
-    department: Mapped[str | None] = mapped_column(sa.Text)
-    job_title: Mapped[str | None] = mapped_column(sa.Text)
-    birth_date: Mapped[dt.date | None] = mapped_column(sa.Date)
-    sync_to_contact: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false(), default=False)
+    __tablename__ = "pairs"
+    __table_args__: ClassVar[dict[str, str]] = {"schema": "usersync"}
 
-
-class Contact(Base):
-    __tablename__ = "contacts"
-    __table_args__: ClassVar[dict[str, str]] = {"schema": "public"}
-
-    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(always=True), primary_key=True)
-    title: Mapped[str | None] = mapped_column(sa.Text)
-    first_name: Mapped[str | None] = mapped_column(sa.Text)
-    last_name: Mapped[str | None] = mapped_column(sa.Text)
-    email: Mapped[str | None] = mapped_column(sa.Text)
-    phone: Mapped[str | None] = mapped_column(sa.Text)
-    mobile: Mapped[str | None] = mapped_column(sa.Text)
-    company: Mapped[str | None] = mapped_column(sa.Text)
-    department: Mapped[str | None] = mapped_column(sa.Text)
-    job_title: Mapped[str | None] = mapped_column(sa.Text)
-    birthday: Mapped[dt.date | None] = mapped_column(sa.Date)
-    notes: Mapped[str | None] = mapped_column(sa.Text)
+    pair: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    users: Mapped[str] = mapped_column(sa.Text)  # regclass, as its name
+    contacts: Mapped[str] = mapped_column(sa.Text)
+    user_key: Mapped[str] = mapped_column(sa.Text)
+    contact_key: Mapped[str] = mapped_column(sa.Text)
+    switch_column: Mapped[str | None] = mapped_column(sa.Text)
+    shared_key: Mapped[bool] = mapped_column(sa.Boolean)
+    delete_contact_with_user: Mapped[bool] = mapped_column(sa.Boolean)
+    delete_user_with_contact: Mapped[bool] = mapped_column(sa.Boolean)
+    mapping_version: Mapped[int] = mapped_column(sa.BigInteger)
+    all_up_to_date: Mapped[bool] = mapped_column(sa.Boolean)
+    attached_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    id: Mapped[int] = mapped_column(sa.Integer)
 
 
 class FieldMapping(Base):
-    __tablename__ = "field_mapping"
-    __table_args__: ClassVar[dict[str, str]] = {"schema": "usersync"}
+    """A row of usersync.field_mapping; ``pair`` may be left out while the database has one pair."""
 
+    __tablename__ = "field_mapping"
+    __table_args__: ClassVar[tuple[Any, ...]] = (
+        sa.UniqueConstraint("pair", "contact_field"), {"schema": "usersync"})
+
+    pair: Mapped[str] = mapped_column(sa.Text, primary_key=True, server_default=sa.text("usersync._only_pair()"))
     user_field: Mapped[str] = mapped_column(sa.Text, primary_key=True)
-    contact_field: Mapped[str] = mapped_column(sa.Text, unique=True)
+    contact_field: Mapped[str] = mapped_column(sa.Text)
 
 
 class Settings(Base):
+    """The delete toggles of a pair (usersync.settings; its rows come and go with the pairs)."""
+
     __tablename__ = "settings"
     __table_args__: ClassVar[dict[str, str]] = {"schema": "usersync"}
 
-    singleton: Mapped[bool] = mapped_column(sa.Boolean, primary_key=True, default=True)
+    pair: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     delete_contact_with_user: Mapped[bool] = mapped_column(sa.Boolean)
     delete_user_with_contact: Mapped[bool] = mapped_column(sa.Boolean)
 
 
 class SynchronizedContact(Base):
-    """Read-only: the view usersync.synchronized_contacts."""
+    """Read-only: the view usersync.synchronized_contacts (keys as text)."""
 
     __tablename__ = "synchronized_contacts"
     __table_args__: ClassVar[dict[str, str]] = {"schema": "usersync"}
 
-    contact_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
-    user_id: Mapped[int] = mapped_column(sa.BigInteger)
+    pair: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    contact_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.Text)
     source: Mapped[str] = mapped_column(sa.Text)
     synced_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     up_to_date: Mapped[bool] = mapped_column(sa.Boolean)
+
+
+class SyncError(Base):
+    """Read-only in practice: usersync.sync_errors, the pairs of rows the last resync could not write."""
+
+    __tablename__ = "sync_errors"
+    __table_args__: ClassVar[dict[str, str]] = {"schema": "usersync"}
+
+    pair: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    contact_id: Mapped[str | None] = mapped_column(sa.Text)
+    field: Mapped[str | None] = mapped_column(sa.Text)
+    sqlstate: Mapped[str] = mapped_column(sa.Text)
+    message: Mapped[str] = mapped_column(sa.Text)
+    occurred_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 def _typed_errors(context: Any) -> errors.UsersyncError | None:

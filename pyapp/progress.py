@@ -26,7 +26,7 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
 
 
 def run_resync(conn: psycopg.Connection, batch_size: int, out: Console, err: Console, *,
-               quiet: bool = False) -> admin.ResyncReport:
+               quiet: bool = False, pair: str | None = None) -> admin.ResyncReport:
     stop = {"requested": False}
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -41,7 +41,8 @@ def run_resync(conn: psycopg.Connection, batch_size: int, out: Console, err: Con
                     out.print(f"batch {r.batches}: {r.synced + r.failed}/{count(r.total, 'pair')}, {r.failed} failed",
                               highlight=False)
                 after_batch()
-            return admin.resync_all(conn, batch_size, progress=line, should_stop=lambda: stop["requested"])
+            return admin.resync_all(conn, batch_size, pair=pair, progress=line,
+                                    should_stop=lambda: stop["requested"])
         with Progress(TextColumn("resync"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]} pairs/s"), TimeRemainingColumn(), console=out) as bar:
             task = bar.add_task("resync", total=None, rate="-")
@@ -51,6 +52,7 @@ def run_resync(conn: psycopg.Connection, batch_size: int, out: Console, err: Con
                 rate = f"{speed:,.0f}" if speed else "-"
                 bar.update(task, total=r.total, completed=r.synced + r.failed, rate=rate)
                 after_batch()
-            return admin.resync_all(conn, batch_size, progress=update, should_stop=lambda: stop["requested"])
+            return admin.resync_all(conn, batch_size, pair=pair, progress=update,
+                                    should_stop=lambda: stop["requested"])
     finally:
         signal.signal(signal.SIGINT, previous)

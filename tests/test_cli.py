@@ -130,7 +130,7 @@ def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_continues(run, conn, m
 def test_direction_reverses_and_restores_and_rejects_bad_input(run, conn):
     uid = add_user(conn, "a")
     run("direction", str(uid), "contact")
-    assert one(conn, "select source from usersync.links where user_id = %s", [uid]) == "contact"
+    assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "contact"
     run("direction", str(uid), "user")
     assert "US006" in run("direction", str(uid), "sideways", code=1).stderr
     assert "user 999 does not exist" in run("direction", "999", "contact", code=1).stderr
@@ -168,7 +168,7 @@ def test_version_and_h_for_help_everywhere():
     result = runner.invoke(cli.app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"usersync {pyapp.__version__}\n"
     for args in (["-h"], ["status", "-h"], ["db", "-h"], ["db", "upgrade", "-h"], ["db", "downgrade", "-h"],
-                 ["mapping", "clear", "-h"]):
+                 ["mapping", "clear", "-h"], ["attach", "-h"], ["detach", "-h"], ["pairs", "-h"]):
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0 and "Usage:" in result.stdout, (args, result.output)
 
@@ -215,7 +215,7 @@ def test_status_piped_to_head_exits_0_without_a_broken_pipe_error(admin_url):
 
 
 def test_ctrl_c_anywhere_exits_130_with_a_short_message(run, monkeypatch):
-    def interrupted(conn):
+    def interrupted(conn, pair=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(admin, "status", interrupted)
@@ -266,3 +266,167 @@ def test_a_second_resync_beside_a_running_one_is_refused_not_restarted(run, conn
     result = run("resync", code=1)
     assert "US009" in result.stderr and "in progress in session" in result.stderr
     assert one(conn, "select synced from usersync.resync_state") == 2  # not started over
+
+
+# --- pairs: attach, detach, pairs, --pair -------------------------------------------------------------
+
+@pytest.fixture
+def run_owner(database):
+    """The CLI as the superuser: attach and detach need the owner of the tables and of usersync."""
+    def invoke(*args: str, code: int = 0, input: str | None = None):
+        result = runner.invoke(cli.app, list(args), env={"DATABASE_URL": database.conninfo}, input=input)
+        assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
+        return result
+    return invoke
+
+
+@pytest.fixture
+def people(conn):
+    """Two more application tables, not attached: people (switch active) and cards, whose
+    foreign key to people deletes a card with its person."""
+    conn.execute("create table public.people (id bigint generated always as identity primary key, name text,"
+                 " email text, phone text, active boolean not null default false)")
+    conn.execute("create table public.cards (id bigint generated always as identity primary key, name text,"
+                 " email text, person_id bigint references public.people on delete cascade)")
+    conn.execute("insert into public.people (name, email, active) values ('Ann', 'ann@example.org', true),"
+                 " ('Bob', 'bob@example.org', true), ('Cy', 'cy@example.org', false)")
+
+
+@pytest.fixture
+def directory(conn):
+    """A second pair on the same users table: users → directory."""
+    conn.execute("create table public.directory (id bigint generated always as identity primary key,"
+                 " first_name text, email text)")
+    conn.execute("select usersync.attach('public.users', 'public.directory', 'sync_to_contact')")
+
+
+def test_attach_dry_run_shows_what_it_would_do_and_changes_nothing(run_owner, conn, people):
+    result = run_owner("attach", "public.people", "public.cards", "--switch", "active", "--dry-run")
+    text = result.stdout
+    assert "would create pair cards" in text and "people.id → public.cards.id" in text
+    assert "synchronize 2 users whose active is on: create 2 contacts, link 0 existing" in text
+    assert "map 2 fields: name → name, email → email" in text
+    assert "warning: foreign key" in text and "ON DELETE CASCADE" in text
+    assert "nothing was changed" in text
+    preview = as_json(run_owner("attach", "public.people", "public.cards", "--switch", "active", "--dry-run",
+                                "--json"))
+    assert (preview["pair_name"], preview["users_to_sync"], preview["contacts_to_create"]) == ("cards", 2, 2)
+    assert preview["mapping"] == {"name": "name", "email": "email"} and len(preview["warnings"]) == 1
+    assert one(conn, "select count(*) from usersync.pairs") == 1
+    assert one(conn, "select count(*) from public.cards") == 0
+
+
+def test_attach_prints_the_pair_and_the_engines_warnings(run_owner, conn, people):
+    result = run_owner("attach", "public.people", "public.cards", "--switch", "active", "--pair", "people")
+    assert "attached pair people: people → cards, 2 contacts synchronized" in result.stdout
+    assert "warning: foreign key" in result.stderr and "ON DELETE CASCADE" in result.stderr
+    assert "usersync mapping show --pair people" in result.stderr
+    assert one(conn, "select count(*) from public.cards") == 2
+    rows = {p["pair"]: p for p in as_json(run_owner("pairs", "--json"))}
+    assert set(rows) == {"contacts", "people"}
+    assert (rows["people"]["users"], rows["people"]["contacts"], rows["people"]["switch_column"],
+            rows["people"]["synchronized"]) == ("people", "cards", "active", 2)
+    text = run_owner("pairs").stdout
+    assert "people" in text and "cards" in text and "sync_to_contact" in text
+
+
+def test_attach_json_gives_the_pair_and_its_warnings(run_owner, people):
+    attached = as_json(run_owner("attach", "public.people", "public.cards", "--json"))  # no switch: everyone
+    assert attached["pair"] == "cards" and attached["synchronized"] == 3
+    assert len(attached["warnings"]) == 1 and "foreign key" in attached["warnings"][0]
+
+
+def test_a_refused_attach_shows_the_engines_reason_and_hint_not_a_traceback(run_owner, conn, people):
+    conn.execute("create table public.keyless (name text)")
+    result = run_owner("attach", "public.people", "public.keyless", code=1)
+    assert "error US010: cannot attach public.keyless: it has no key" in result.stderr
+    assert "hint: Give public.keyless a primary key" in result.stderr and "Traceback" not in result.output
+    result = run_owner("attach", "public.people", "public.contacts", "--dry-run", code=1)
+    assert "US010" in result.stderr and "already the contacts table of pair 'contacts'" in result.stderr
+    assert "hint: Detach that pair first (usersync detach contacts)" in result.stderr
+    result = run_owner("attach", "public.people", "public.cards", "--switch", "name", code=1)
+    assert "must be a boolean NOT NULL column" in result.stderr
+    result = run_owner("attach", "public.people", "public.no_such_table", code=1)
+    assert "error US010: cannot attach public.no_such_table: there is no such table" in result.stderr
+    assert "42P01" not in result.output
+    assert one(conn, "select count(*) from usersync.pairs") == 1
+
+
+def test_attach_as_an_administrator_says_who_may(run, people):
+    result = run("attach", "public.people", "public.cards", code=1)
+    assert "42501" in result.stderr and "owner of both tables" in result.stderr
+
+
+def test_detach_asks_first_needs_yes_without_a_terminal_and_keeps_tables_and_rows(run_owner, conn, monkeypatch):
+    add_user(conn, "a")
+    add_user(conn, "b")
+    result = run_owner("detach", "contacts", code=2)
+    assert "refusing without --yes" in result.stderr and "2 links, 7 mapping rows" in result.stderr
+    assert "users and contacts and their rows are kept" in result.stderr
+    monkeypatch.setattr(cli, "interactive", lambda: True)
+    result = run_owner("detach", "contacts", input="n\n", code=1)
+    assert "Continue?" in result.output and "nothing changed" in result.stderr
+    assert one(conn, "select count(*) from usersync.pairs") == 1
+    result = run_owner("detach", "contacts", input="y\n")
+    assert "detached pair contacts" in result.stderr and "their rows are kept" in result.stderr
+    assert one(conn, "select count(*) from usersync.pairs") == 0
+    assert one(conn, "select (select count(*) from users), (select count(*) from contacts)") == (2, 2)
+    conn.execute("update contacts set first_name = 'free'")  # ordinary contacts now: nothing refuses
+
+
+def test_detach_with_yes_and_of_an_unknown_pair(run_owner, conn, directory):
+    run_owner("detach", "directory", "--yes")
+    assert [p["pair"] for p in as_json(run_owner("pairs", "--json"))] == ["contacts"]
+    assert one(conn, "select to_regclass('public.directory') is not null")
+    result = run_owner("detach", "nope", "--yes", code=1)
+    assert "error US011: no pair named 'nope'" in result.stderr and "Attached pairs: contacts" in result.stderr
+
+
+def test_with_two_pairs_pair_commands_need_pair(run, conn, directory):
+    uid = add_user(conn, "a", first_name="Ann")
+    for args in (["status"], ["fields"], ["mapping", "show"], ["mapping", "set", "phone", "email"],
+                 ["mapping", "remove", "phone"], ["mapping", "clear", "--yes"], ["mapping", "reset", "--yes"],
+                 ["settings", "show"], ["settings", "set", "delete-contact-with-user", "on"], ["sync"], ["resync"],
+                 ["resync", "--dry-run"], ["direction", str(uid), "contact"]):
+        result = run(*args, code=1)
+        assert "error US011: this database has 2 pairs: name one (contacts, directory)" in result.stderr, args
+        assert "hint: Pass --pair NAME (usersync pairs lists them)." in result.stderr, args
+    st = as_json(run("status", "--pair", "directory", "--json"))
+    assert (st["pair"], st["users"], st["contacts"], st["pairs"]) == ("directory", "users", "directory", 1)
+    assert as_json(run("--pair", "contacts", "status", "--json"))["contacts"] == "contacts"  # before the command too
+    mapped = as_json(run("mapping", "show", "--pair", "directory", "--json"))["mapped"]
+    assert [(m["user_field"], m["contact_field"]) for m in mapped] == [("first_name", "first_name"), ("email", "email")]
+    run("mapping", "set", "login", "email", "--pair", "directory", code=1)  # email is mapped from email
+    result = run("mapping", "set", "login", "email", "--pair", "directory", code=1)
+    assert "usersync mapping remove email --pair directory" in result.stderr
+    run("mapping", "remove", "email", "--pair", "directory")
+    run("mapping", "set", "login", "email", "--pair", "directory")
+    assert as_json(run("sync", str(uid), "--pair", "directory", "--json")) == {"synced": 1}
+    assert one(conn, "select email from directory") == "a"
+    run("settings", "set", "delete-contact-with-user", "on", "--pair", "directory")
+    assert as_json(run("settings", "show", "--pair", "contacts", "--json"))["delete_contact_with_user"] is False
+    assert as_json(run("settings", "show", "--pair", "directory", "--json"))["delete_contact_with_user"] is True
+    assert as_json(run("resync", "--pair", "directory", "--json"))["done"] is True
+    result = run("status", "--pair", "nope", code=1)
+    assert "error US011: no pair named 'nope'" in result.stderr and "contacts, directory" in result.stderr
+
+
+def test_without_a_pair_the_commands_say_to_attach_one(run, conn):
+    conn.execute("select usersync.detach('contacts')")
+    for args in (["status"], ["fields"], ["mapping", "show"], ["settings", "show"], ["sync"], ["resync"],
+                 ["direction", "1", "user"]):
+        result = run(*args, code=1)
+        assert "no pair attached: run usersync attach USERS CONTACTS" in result.stderr, args
+        assert "Traceback" not in result.output
+    assert as_json(run("pairs", "--json")) == []
+    assert "no pair attached" in run("pairs").stderr
+
+
+def test_user_ids_are_text_read_in_the_key_type(run, conn):
+    uid = add_user(conn, "a")
+    assert as_json(run("sync", str(uid), "--json")) == {"synced": 1}
+    result = run("sync", "not-a-number", code=1)
+    assert "US006" in result.stderr and "invalid user id(s)" in result.stderr and "not-a-number" in result.stderr
+    result = run("direction", "x1", "contact", code=1)
+    assert "US006" in result.stderr
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import psycopg.conninfo
 from typer.testing import CliRunner
@@ -51,7 +53,8 @@ def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
         result = runner.invoke(cli.app, ["demo", "--database-url", with_password])
         assert result.exit_code == 0, result.output
         story = result.stdout
-        for line in ("refused, US001", "refused, US002", "resync: 2 pairs synced", "Explore the same database"):
+        for line in ("usersync.attach('public.users', 'public.contacts'", "refused, US001", "refused, US002",
+                     "resync: 2 pairs synced", "Explore the same database"):
             assert line in story
         assert "s3cret-demo" not in result.output  # the demo prints no password
         # A second run refuses: the database now holds data.
@@ -59,8 +62,43 @@ def test_demo_runs_to_the_end_on_a_given_database(pg_server: harness.Server):
         assert again.exit_code == 1 and "already holds data" in again.stderr
         with psycopg.connect(db.conninfo) as conn:
             assert conn.execute("select to_regnamespace('usersync') is not null").fetchone() == (True,)
+            # The demo created the example tables and attached them as the pair "contacts".
+            assert conn.execute("select pair, users::text, contacts::text, switch_column::text"
+                                " from usersync.pairs").fetchall() == [("contacts", "users", "contacts",
+                                                                        "sync_to_contact")]
     finally:
         janitor.drop()
+
+
+def test_a_freshly_installed_database_has_no_pair_until_one_is_attached(new_database):
+    url = new_database().conninfo
+    assert runner.invoke(cli.app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    result = runner.invoke(cli.app, ["status", "--database-url", url])
+    assert result.exit_code == 1 and "no pair attached: run usersync attach USERS CONTACTS" in result.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("select to_regclass('public.users')").fetchone() == (None,)  # the install made none
+        conn.execute("create table public.users (id bigint generated always as identity primary key, name text)")
+        conn.execute("create table public.contacts (id uuid primary key default gen_random_uuid(), name text)")
+        conn.execute("insert into public.users (name) values ('Ann')")
+    result = runner.invoke(cli.app, ["attach", "users", "contacts", "--database-url", url])
+    assert result.exit_code == 0 and "attached pair contacts: users → contacts, 1 contact synchronized" in result.stdout
+    result = runner.invoke(cli.app, ["status", "--json", "--database-url", url])
+    assert result.exit_code == 0 and json.loads(result.stdout)["pairs"] == 1
+    result = runner.invoke(cli.app, ["sync", "1", "--database-url", url])  # an integer-looking id, a bigint key
+    assert result.exit_code == 0 and result.stdout == "synchronized 1 user\n", result.output
+
+
+def test_the_demo_refuses_a_database_with_other_pairs_attached(new_database):
+    db = new_database()
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute("create table staff (id bigint generated always as identity primary key, name text)")
+        conn.execute("create table cards (id bigint generated always as identity primary key, name text)")
+        conn.execute("select usersync.attach('staff', 'cards')")
+    result = runner.invoke(cli.app, ["demo", "--database-url", db.conninfo])
+    assert result.exit_code == 1 and "already has pairs attached (cards)" in result.stderr, result.output
+    with psycopg.connect(db.conninfo) as conn:
+        assert conn.execute("select to_regclass('public.users')").fetchone() == (None,)
 
 
 def test_alembic_upgrade_head_works_from_the_repository_root(pg_server: harness.Server):
@@ -83,7 +121,9 @@ def test_alembic_upgrade_head_works_from_the_repository_root(pg_server: harness.
 def test_every_command_on_a_database_without_usersync_says_it_is_not_installed(new_database):
     url = new_database().conninfo
     for args in (["status"], ["fields"], ["mapping", "show"], ["mapping", "clear", "--yes"], ["settings", "show"],
-                 ["sync"], ["resync"], ["direction", "1", "user"]):
+                 ["sync"], ["resync"], ["direction", "1", "user"], ["pairs"], ["attach", "users", "contacts"],
+                 ["attach", "users", "contacts", "--dry-run"], ["detach", "contacts", "--yes"],
+                 ["status", "--pair", "contacts"]):
         result = runner.invoke(cli.app, [*args, "--database-url", url])
         assert result.exit_code == 1, (args, result.output)
         assert "usersync is not installed" in result.stderr and "usersync db upgrade" in result.stderr

@@ -21,7 +21,7 @@ def preview(conn, examples: int = 5) -> dict:
 
 
 def errors_recorded(conn) -> list[tuple]:
-    return conn.execute("select user_id, contact_id, field, sqlstate, message from usersync.sync_errors"
+    return conn.execute("select user_id::bigint, contact_id::bigint, field, sqlstate, message from usersync.sync_errors"
                         " order by user_id").fetchall()
 
 

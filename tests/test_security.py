@@ -167,3 +167,17 @@ def test_a_shadowing_operator_earlier_on_the_search_path_is_ignored(app_conn, co
     names = dict(conn.execute("select l.user_id, c.first_name from usersync.links_1 l"
                               " join contacts c on c.id = l.contact_id").fetchall())
     assert names == {a: "A2", b: "B"}
+
+
+def test_an_administrators_own_cast_never_runs_as_the_engine(conn, admin_conn):
+    # A type of the administrator's with a cast to text of its own: passed as user ids, the cast
+    # would run inside the engine's SECURITY DEFINER functions, as usersync_engine.
+    conn.execute("create schema adm authorization usersync_test_admin")
+    admin_conn.execute("create type adm.k as (v bigint)")
+    admin_conn.execute("create function adm.k_text(adm.k) returns text language sql"
+                       " as $$ select current_user::text $$")
+    admin_conn.execute("create cast (adm.k as text) with function adm.k_text(adm.k)")
+    for statement in ("select usersync.sync_users(array[row(1)::adm.k])",
+                      "select usersync.set_sync_source(row(1)::adm.k, 'contact')"):
+        with raises_sqlstate("US006", match="are not accepted"):
+            admin_conn.execute(statement)

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "b93aefc26a5e366e7c0e913fc231d7a9197df3539048feb457b1938435028724"
+SHA256 = "a969b1b0455c773a71755d56f0487d5741781a2422f5066ac45c28b94f0a43bd"
 
 
 def upgrade() -> None:

@@ -2544,13 +2544,40 @@ begin
 end
 $$;
 
+-- Keys arrive in any type (anycompatible) and are turned into text inside SECURITY DEFINER
+-- functions: only types of PostgreSQL's own are accepted, since a cast to text that the caller
+-- defined for a type of their own (CREATE CAST) would run as the engine.
+create or replace function usersync._check_key_type(p_type regtype)
+returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not exists (select from pg_catalog.pg_type t
+                    where t.oid = p_type and t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace and t.typtype = 'b') then
+        raise exception using errcode = 'US006',
+            message = pg_catalog.format('user ids of type %s are not accepted', p_type),
+            detail = 'Keys are passed in a type of PostgreSQL''s own (bigint, uuid, text, ...) or as text.',
+            hint = 'Cast them to text, e.g. array[...]::text[].';
+    end if;
+end
+$$;
+
 create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
 returns bigint
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    select usersync._sync_users(pair, user_ids::pg_catalog.text[])
+declare
+    elem pg_catalog.regtype := (select t.typelem from pg_catalog.pg_type t
+                                 where t.oid = pg_catalog.pg_typeof(user_ids)::pg_catalog.oid);
+begin
+    -- (checked before the cast below runs)
+    perform usersync._check_key_type(elem);
+    return usersync._sync_users(sync_users.pair, user_ids::pg_catalog.text[]);
+end
 $$;
 comment on function usersync.sync_users(anycompatiblearray, text) is
     '"Synchronize users": (re)syncs the given users of a pair (NULL: every user whose switch is on), repairs missing contacts and dangling links; returns the number of pairs synced';
@@ -2702,11 +2729,14 @@ comment on procedure usersync.resync_all(integer, text) is
 
 create or replace function usersync.set_sync_source(user_id anycompatible, source text, pair text default null)
 returns void
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    select usersync._set_sync_source(pair, user_id::pg_catalog.text, source)
+begin
+    perform usersync._check_key_type(pg_catalog.pg_typeof(user_id));  -- (see usersync.sync_users)
+    perform usersync._set_sync_source(set_sync_source.pair, user_id::pg_catalog.text, set_sync_source.source);
+end
 $$;
 comment on function usersync.set_sync_source(anycompatible, text, text) is
     'Reverses a pair (''contact'': the contact becomes the data source) or restores it (''user'')';
