@@ -109,8 +109,9 @@ _ATTACH_ARGS = ("%(users)s::regclass, %(contacts)s::regclass, switch_column => %
 def attach_preview(conn: psycopg.Connection, users: str, contacts: str, switch_column: str | None = None,
                    shared_key: bool = False, pair: str | None = None) -> dict[str, Any]:
     """What ``attach`` would do, writing nothing: ``pair_name``, ``user_key``, ``contact_key``,
-    ``users_to_sync``, ``contacts_to_create``, ``contacts_to_link``, ``mapping`` (user field ->
-    contact field) and ``warnings``. Raises AttachRefused (US010) as attach would."""
+    ``users_to_sync``, ``contacts_to_create``, ``contacts_to_link``, ``mapping`` ([user field,
+    contact field] pairs, in the users table's column order) and ``warnings``. Raises
+    AttachRefused (US010) as attach would."""
     _table(conn, users)
     _table(conn, contacts)
     return _one(conn, "select pair_name, user_key::text as user_key, contact_key::text as contact_key, users_to_sync,"

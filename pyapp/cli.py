@@ -175,8 +175,9 @@ CLI_HINTS = [
      "usersync mapping remove {field}{pair}"),
     (rf"usersync\.set_sync_source\(\.\.\., 'user', pair => {_lit('name')}\)",
      "usersync direction USER_ID user --pair {name}"),
-    (r"usersync\.set_sync_source\(user_id, 'user'\)", "usersync direction USER_ID user{pair}"),
-    (r"(?:SELECT )?usersync\.set_sync_source\((?P<id>[^,()']+), 'user'\)", "usersync direction {id} user{pair}"),
+    (rf"usersync\.set_sync_source\(user_id, 'user', pair => {_lit('name')}\)", "usersync direction USER_ID user{pair}"),
+    (rf"(?:SELECT )?usersync\.set_sync_source\({_lit('id')}, '(?P<src>user|contact)', pair => {_lit('name')}\)",
+     "usersync direction {id} {src}{pair}"),
     (rf"\(usersync\.field_mapping(?:, pair {_lit('in_pair')})?\)", "(usersync mapping set{pair})"),
     (r"SELECT usersync\.sync_users\(\)", "usersync sync{pair}"),
     (rf"SELECT usersync\.detach\({_lit('name')}\)", "usersync detach {name}"),
@@ -483,7 +484,7 @@ def show_attach_preview(users: str, contacts: str, switch: str | None, shared_ke
               highlight=False)
     if p["mapping"]:
         out.print(f"  map {count(len(p['mapping']), 'field')}: "
-                  + ", ".join(f"{u} → {c}" for u, c in p["mapping"].items()), markup=False, highlight=False)
+                  + ", ".join(f"{u} → {c}" for u, c in p["mapping"]), markup=False, highlight=False)
     else:
         out.print("  map no field (no user field has a same-named contact field it can fill)", highlight=False)
     for warning in p["warnings"]:

@@ -291,7 +291,8 @@ begin
     contacts_to_create := users_to_sync - contacts_to_link;
     return query
     select c.pair, c.user_key, c.contact_key, users_to_sync, contacts_to_create, contacts_to_link,
-           (select coalesce(pg_catalog.jsonb_object_agg(d.user_field, d.contact_field), '{}')
+           -- (an array of [user field, contact field], in the users table's column order)
+           (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(d.user_field, d.contact_field)), '[]')
               from usersync._default_mapping_of(users, c.user_key, switch_column, contacts, c.contact_key) d),
            array(select w from usersync._attach_warnings(users, c.user_key, switch_column, contacts, c.contact_key) w);
 end
@@ -466,6 +467,26 @@ begin
                     hint = pg_catalog.format('Attach, then map those fields (usersync.field_mapping, pair %L), in one '
                                              'transaction; or give them defaults and NOT NULL.', a.pair);
             end if;
+        end if;
+    end if;
+    -- A contact field no sync can fill would make the first sync below fail, with a hint about a
+    -- pair that the failure rolls back: refused here, with what to do instead.
+    select f.field into w
+      from usersync._gen_contact_fields(a.pair) f
+      join usersync.metadata_fields m on m.pair = a.pair and m.module = 'contacts' and m.field = f.field
+     where f.user_field is null and m.not_null and not m.has_default
+     order by m.position limit 1;
+    if found then
+        execute pg_catalog.format('select count(*) from %s u where %s', a.users,
+                                  coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true')) into n;
+        if n > 0 then
+            raise exception using errcode = 'US010',
+                message = pg_catalog.format('cannot attach %s -> %s: contact field %I is NOT NULL, has no default and '
+                                            'no user field of the same name fills it, and %s user(s) would be '
+                                            'synchronized now', a.users, a.contacts, w, n),
+                hint = pg_catalog.format('Give %s.%I a default (ALTER TABLE ... ALTER COLUMN %I SET DEFAULT ...), or '
+                                         'a same-named user field; or attach while no user is synchronized and map a '
+                                         'user field to it first.', a.contacts, w, w);
         end if;
     end if;
     for w in select x from usersync._attach_warnings(a.users, a.user_key, a.switch_column, a.contacts, a.contact_key) x loop

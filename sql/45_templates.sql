@@ -351,8 +351,9 @@ begin
                 message = pg_catalog.format('user %s is synchronized from contact %s: field "%s" is read-only',
                                             r.user_id, r.contact_id, r.field),
                 detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
-                hint = pg_catalog.format('Edit contact %s instead, or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
-                                         r.contact_id, r.user_id);
+                hint = pg_catalog.format('Edit contact %s instead, or restore the direction: '
+                                         'SELECT usersync.set_sync_source(%L, ''user'', pair => %L)',
+                                         r.contact_id, r.user_id, @PAIR@);
         end if;
     end if;
 
@@ -465,8 +466,9 @@ begin
                                             r.user_id, r.contact_id),
                 detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
                 hint = pg_catalog.format('Delete contact %s instead (the setting delete_user_with_contact decides what '
-                                         'happens to the user), or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
-                                         r.contact_id, r.user_id);
+                                         'happens to the user), or restore the direction: '
+                                         'SELECT usersync.set_sync_source(%L, ''user'', pair => %L)',
+                                         r.contact_id, r.user_id, @PAIR@);
         end if;
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -530,7 +532,8 @@ begin
         raise exception using errcode = 'US002',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
             detail = 'Reversed pairs make those users read-only.',
-            hint = 'Delete their contacts, or restore the direction with usersync.set_sync_source(user_id, ''user''), first.';
+            hint = pg_catalog.format('Delete their contacts, or restore the direction with '
+                                     'usersync.set_sync_source(user_id, ''user'', pair => %L), first.', @PAIR@);
     end if;
     -- TRUNCATE skips row triggers; apply the delete rules to every pair at once instead.
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -579,8 +582,8 @@ begin
             message = pg_catalog.format('contact %s is synchronized from user %s and cannot be edited', old.@CK@, l.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
             hint = pg_catalog.format('Edit user %s instead; or %s, '
-                                     'or reverse the direction: SELECT usersync.set_sync_source(%L, ''contact'')',
-                                     l.user_id, @SW_HINT@, l.user_id);
+                                     'or reverse the direction: SELECT usersync.set_sync_source(%L, ''contact'', pair => %L)',
+                                     l.user_id, @SW_HINT@, l.user_id, @PAIR@);
     end if;
     if new.@CK@ is distinct from old.@CK@ then
         raise exception using errcode = 'US008',

@@ -72,7 +72,7 @@ def test_attach_syncs_the_users_whose_switch_is_on_and_its_preview_says_so_first
     conn.execute("insert into public.directory (first_name) values ('unlinked')")
     preview = one(conn, "select users_to_sync, contacts_to_create, contacts_to_link, mapping from"
                         " usersync.attach_preview('public.users', 'public.directory', 'sync_to_contact')")
-    assert preview == (2, 2, 0, {"first_name": "first_name", "email": "email"})
+    assert preview == (2, 2, 0, [["first_name", "first_name"], ["email", "email"]])
     assert one(conn, "select count(*) from public.directory") == 1  # the preview wrote nothing
     assert one(conn, "select count(*) from usersync.attachments") == 1
     assert one(conn, "select usersync.attach('public.users', 'public.directory', 'sync_to_contact')") == "directory"
@@ -271,3 +271,17 @@ def test_a_set_null_foreign_key_updates_the_contact_then_the_toggle_decides(conn
     conn.execute("update usersync.settings set delete_contact_with_user = %s where pair = 'c'", [toggle])
     conn.execute("delete from u")
     assert conn.execute("select first_name, user_ref from c").fetchall() == ([] if toggle else [("One", None)])
+
+
+def test_attach_refuses_when_the_first_sync_would_fail_on_a_field_nothing_fills(conn):
+    conn.execute("create table u (id int primary key, first_name text, sw boolean not null default true);"
+                 " create table c (id int generated always as identity primary key, first_name text,"
+                 "                 code text not null); insert into u values (1, 'One')")
+    with raises_sqlstate("US010", match="contact field code is NOT NULL"):
+        conn.execute("select usersync.attach('u', 'c', 'sw')")
+    conn.execute("update u set sw = false")  # nobody to sync: attach, then map a field to it
+    conn.execute("select usersync.attach('u', 'c', 'sw')")
+    conn.execute("alter table u add column code text not null default 'X'")
+    conn.execute("insert into usersync.field_mapping values ('code', 'code', 'c')")
+    conn.execute("update u set sw = true")
+    assert conn.execute("select first_name, code from c").fetchall() == [("One", "X")]

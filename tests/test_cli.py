@@ -240,6 +240,14 @@ def test_hints_name_the_cli_command_instead_of_sql(run):
     assert "usersync mapping remove first_name" in result.stderr and "DELETE" not in result.stderr
 
 
+def test_the_engines_direction_hints_become_direction_commands():
+    assert cli.cli_hint("Edit contact 7 instead, or restore the direction: "
+                        "SELECT usersync.set_sync_source('5', 'user', pair => 'contacts')") == (
+        "Edit contact 7 instead, or restore the direction: usersync direction 5 user")
+    assert cli.cli_hint("or reverse the direction: SELECT usersync.set_sync_source('a b', 'contact', pair => 'p')") == (
+        "or reverse the direction: usersync direction 'a b' contact")
+
+
 def test_mapping_clear_and_reset_ask_on_a_terminal_and_need_yes_without_one(run, admin_url, monkeypatch):
     mapped = len(as_json(run("mapping", "show", "--json"))["mapped"])
     for command in ("clear", "reset"):
@@ -311,7 +319,7 @@ def test_attach_dry_run_shows_what_it_would_do_and_changes_nothing(run_owner, co
     preview = as_json(run_owner("attach", "public.people", "public.cards", "--switch", "active", "--dry-run",
                                 "--json"))
     assert (preview["pair_name"], preview["users_to_sync"], preview["contacts_to_create"]) == ("cards", 2, 2)
-    assert preview["mapping"] == {"name": "name", "email": "email"} and len(preview["warnings"]) == 1
+    assert preview["mapping"] == [["name", "name"], ["email", "email"]] and len(preview["warnings"]) == 1
     assert one(conn, "select count(*) from usersync.pairs") == 1
     assert one(conn, "select count(*) from public.cards") == 0
 

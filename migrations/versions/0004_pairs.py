@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "a969b1b0455c773a71755d56f0487d5741781a2422f5066ac45c28b94f0a43bd"
+SHA256 = "e820387639e537e2b862b5fa3e0f29ba3d18b5c5877d55a925fd60559f052b20"
 
 
 def upgrade() -> None:

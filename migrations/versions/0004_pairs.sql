@@ -637,7 +637,8 @@ begin
     contacts_to_create := users_to_sync - contacts_to_link;
     return query
     select c.pair, c.user_key, c.contact_key, users_to_sync, contacts_to_create, contacts_to_link,
-           (select coalesce(pg_catalog.jsonb_object_agg(d.user_field, d.contact_field), '{}')
+           -- (an array of [user field, contact field], in the users table's column order)
+           (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(d.user_field, d.contact_field)), '[]')
               from usersync._default_mapping_of(users, c.user_key, switch_column, contacts, c.contact_key) d),
            array(select w from usersync._attach_warnings(users, c.user_key, switch_column, contacts, c.contact_key) w);
 end
@@ -812,6 +813,26 @@ begin
                     hint = pg_catalog.format('Attach, then map those fields (usersync.field_mapping, pair %L), in one '
                                              'transaction; or give them defaults and NOT NULL.', a.pair);
             end if;
+        end if;
+    end if;
+    -- A contact field no sync can fill would make the first sync below fail, with a hint about a
+    -- pair that the failure rolls back: refused here, with what to do instead.
+    select f.field into w
+      from usersync._gen_contact_fields(a.pair) f
+      join usersync.metadata_fields m on m.pair = a.pair and m.module = 'contacts' and m.field = f.field
+     where f.user_field is null and m.not_null and not m.has_default
+     order by m.position limit 1;
+    if found then
+        execute pg_catalog.format('select count(*) from %s u where %s', a.users,
+                                  coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true')) into n;
+        if n > 0 then
+            raise exception using errcode = 'US010',
+                message = pg_catalog.format('cannot attach %s -> %s: contact field %I is NOT NULL, has no default and '
+                                            'no user field of the same name fills it, and %s user(s) would be '
+                                            'synchronized now', a.users, a.contacts, w, n),
+                hint = pg_catalog.format('Give %s.%I a default (ALTER TABLE ... ALTER COLUMN %I SET DEFAULT ...), or '
+                                         'a same-named user field; or attach while no user is synchronized and map a '
+                                         'user field to it first.', a.contacts, w, w);
         end if;
     end if;
     for w in select x from usersync._attach_warnings(a.users, a.user_key, a.switch_column, a.contacts, a.contact_key) x loop
@@ -2141,8 +2162,9 @@ begin
                 message = pg_catalog.format('user %s is synchronized from contact %s: field "%s" is read-only',
                                             r.user_id, r.contact_id, r.field),
                 detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
-                hint = pg_catalog.format('Edit contact %s instead, or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
-                                         r.contact_id, r.user_id);
+                hint = pg_catalog.format('Edit contact %s instead, or restore the direction: '
+                                         'SELECT usersync.set_sync_source(%L, ''user'', pair => %L)',
+                                         r.contact_id, r.user_id, @PAIR@);
         end if;
     end if;
 
@@ -2255,8 +2277,9 @@ begin
                                             r.user_id, r.contact_id),
                 detail = 'The synchronization direction of this pair is reversed: the contact is the data source.',
                 hint = pg_catalog.format('Delete contact %s instead (the setting delete_user_with_contact decides what '
-                                         'happens to the user), or restore the direction: SELECT usersync.set_sync_source(%s, ''user'')',
-                                         r.contact_id, r.user_id);
+                                         'happens to the user), or restore the direction: '
+                                         'SELECT usersync.set_sync_source(%L, ''user'', pair => %L)',
+                                         r.contact_id, r.user_id, @PAIR@);
         end if;
     end if;
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -2320,7 +2343,8 @@ begin
         raise exception using errcode = 'US002',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
             detail = 'Reversed pairs make those users read-only.',
-            hint = 'Delete their contacts, or restore the direction with usersync.set_sync_source(user_id, ''user''), first.';
+            hint = pg_catalog.format('Delete their contacts, or restore the direction with '
+                                     'usersync.set_sync_source(user_id, ''user'', pair => %L), first.', @PAIR@);
     end if;
     -- TRUNCATE skips row triggers; apply the delete rules to every pair at once instead.
     if (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -2369,8 +2393,8 @@ begin
             message = pg_catalog.format('contact %s is synchronized from user %s and cannot be edited', old.@CK@, l.user_id),
             detail = 'While the user is the data source, the contact is read-only in the Contacts module.',
             hint = pg_catalog.format('Edit user %s instead; or %s, '
-                                     'or reverse the direction: SELECT usersync.set_sync_source(%L, ''contact'')',
-                                     l.user_id, @SW_HINT@, l.user_id);
+                                     'or reverse the direction: SELECT usersync.set_sync_source(%L, ''contact'', pair => %L)',
+                                     l.user_id, @SW_HINT@, l.user_id, @PAIR@);
     end if;
     if new.@CK@ is distinct from old.@CK@ then
         raise exception using errcode = 'US008',
