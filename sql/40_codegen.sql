@@ -141,17 +141,27 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
--- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
+-- (no dead tuple, no WAL), so "changed" counts only rows whose values differ. A mapped field of
+-- another type is compared after the conversion the write performs (usersync._preview_image:
+-- assigned to the column, failing where the assignment fails), so a value that does not fit
+-- still fails rather than pass as unchanged.
 create or replace function usersync._gen_contact_same(p_pair text, p_contact text, p_user text)
-returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
-                else string_agg(case when f.user_field is null
-                                     then pg_catalog.format('%s.%I is null', p_contact, f.field)
-                                     else pg_catalog.format('%s is not distinct from %s',
-                                                            usersync._gen_cmp(p_contact, f.field, f.data_type),
-                                                            usersync._gen_cmp(p_user, f.user_field, f.data_type)) end,
-                                ' and ' order by f.position) end
-      from usersync._gen_contact_fields(p_pair) f
+returns text language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+    return (select string_agg(case when f.user_field is null
+                                   then pg_catalog.format('%s.%I is null', p_contact, f.field)
+                                   when f.user_data_type = f.data_type
+                                   then pg_catalog.format('%s is not distinct from %s',
+                                                          usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                          usersync._gen_cmp(p_user, f.user_field, f.data_type))
+                                   else pg_catalog.format('%s is not distinct from (%s)%s',
+                                                          usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                          usersync._preview_image(p_pair, true, p_user, f.user_field, f.field),
+                                                          case when usersync._gen_comparable(f.data_type) then ''
+                                                               else '::pg_catalog.text' end) end,
+                              ' and ' order by f.position)
+              from usersync._gen_contact_fields(p_pair) f);
+end
 $$;
 
 -- "The mapped fields hold the same values on both sides", over the mapped pairs of one type
@@ -170,16 +180,26 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 create or replace function usersync._gen_user_same(p_pair text, p_user text, p_contact text)
-returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(uf.data_type <> cf.data_type) then 'false'
-                else coalesce(string_agg(pg_catalog.format('%s is not distinct from %s',
-                                                           usersync._gen_cmp(p_user, m.user_field, uf.data_type),
-                                                           usersync._gen_cmp(p_contact, m.contact_field, cf.data_type)),
-                                         ' and ' order by m.user_field), 'true') end
-      from usersync.field_mapping m
-      join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
-      join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
-     where m.pair = p_pair
+returns text language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+    -- (the reversed direction: as usersync._gen_contact_same)
+    return (select coalesce(string_agg(
+                       case when uf.data_type = cf.data_type
+                            then pg_catalog.format('%s is not distinct from %s',
+                                                   usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                   usersync._gen_cmp(p_contact, m.contact_field, cf.data_type))
+                            else pg_catalog.format('%s is not distinct from (%s)%s',
+                                                   usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                   usersync._preview_image(p_pair, false, p_contact, m.user_field,
+                                                                           m.contact_field),
+                                                   case when usersync._gen_comparable(uf.data_type) then ''
+                                                        else '::pg_catalog.text' end) end,
+                       ' and ' order by m.user_field), 'true')
+              from usersync.field_mapping m
+              join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
+              join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
+             where m.pair = p_pair);
+end
 $$;
 
 -- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may

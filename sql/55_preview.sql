@@ -278,9 +278,9 @@ $$;
 -- Columns: pairs, would_change, would_fail, stale, changes.
 --
 -- A pair whose values all convert can still fail on a constraint of its target table (NOT NULL,
--- CHECK: _preview_violation) when the run writes it: when one of its fields differs, or always
--- when a mapped field's type differs (the engine then rewrites every pair, see
--- usersync._gen_contact_same). Only where a table has such constraints on what the engine
+-- CHECK: _preview_violation) when the run writes it, that is when one of its fields differs (the
+-- engine skips a pair that is already the image of its source, usersync._gen_contact_same;
+-- values of another type are compared converted). Only where a table has such constraints on what the engine
 -- writes: at level 0 the query reads the pairs a second time for them ("broken"), at levels 1
 -- and 2 they are one more row of each pair, tried only when its values all converted.
 create or replace function usersync._preview_sql(p_pair text, p_level integer, p_examples integer)
@@ -304,14 +304,12 @@ declare
     c_tries text := '';     -- the lateral attempts those rows read (careful)
     c_ok text[] := '{}';    -- "no attempt failed", for the constraints (careful)
     c_written jsonb := '{}';  -- contact column -> its new value
-    c_any_retyped boolean := false;
     c_differs text[] := '{}';
     c_check text;
     u_rows text[] := '{}';  -- per mapped user field, likewise (reversed pairs)
     u_tries text := '';
     u_ok text[] := '{}';
     u_written jsonb := '{}';
-    u_any_retyped boolean := false;
     u_differs text[] := '{}';
     u_check text;
     probe text;
@@ -330,7 +328,6 @@ begin
         dif := usersync._preview_differs(mc.relation, f.contact_field, pg_catalog.format('c.%I', f.contact_field), img);
         c_written := c_written || pg_catalog.jsonb_build_object(
             f.contact_field, case when f.user_field is null then pg_catalog.format('cast(null as %s)', f.data_type) else img end);
-        c_any_retyped := c_any_retyped or coalesce(f.retyped, false);
         c_differs := c_differs || dif;
         if careful and f.retyped then
             n := n + 1;
@@ -360,7 +357,6 @@ begin
                     else usersync._preview_image(p_pair, false, 'c', f.user_field, f.contact_field) end;
         dif := usersync._preview_differs(mu.relation, f.user_field, pg_catalog.format('u.%I', f.user_field), img);
         u_written := u_written || pg_catalog.jsonb_build_object(f.user_field, img);
-        u_any_retyped := u_any_retyped or f.retyped;
         u_differs := u_differs || dif;
         if careful and f.retyped then
             n := n + 1;
@@ -384,8 +380,7 @@ begin
     c_check := usersync._preview_violation(mc.relation, 'c', c_written, p_level >= 2);
     if c_check is not null then
         c_check := pg_catalog.format('case when %s then %s end',
-                                     case when c_any_retyped then 'true'
-                                          when pg_catalog.cardinality(c_differs) = 0 then 'false'
+                                     case when pg_catalog.cardinality(c_differs) = 0 then 'false'
                                           else '(' || pg_catalog.array_to_string(c_differs, ' or ') || ')' end,
                                      c_check);
     end if;
@@ -394,8 +389,7 @@ begin
     end if;
     if u_check is not null then
         u_check := pg_catalog.format('case when %s then %s end',
-                                     case when u_any_retyped then 'true'
-                                          when pg_catalog.cardinality(u_differs) = 0 then 'false'
+                                     case when pg_catalog.cardinality(u_differs) = 0 then 'false'
                                           else '(' || pg_catalog.array_to_string(u_differs, ' or ') || ')' end,
                                      u_check);
     end if;

@@ -109,3 +109,22 @@ def test_a_second_run_beside_a_run_in_progress_is_refused_and_an_orphaned_run_is
         assert row[1] == synced + row[0]
         other.execute("call usersync.resync_all(2)")
     assert one(conn, "select finished_at is not null and failed = 0 from usersync.resync_state") is True
+
+
+def test_a_mapped_field_of_another_type_is_rewritten_only_where_its_value_differs(conn, admin_conn):
+    conn.execute("alter table contacts add column short_code varchar(5)")
+    admin_conn.execute("insert into usersync.field_mapping values ('login', 'short_code')")
+    uids = [add_user(conn, f"b{i}") for i in range(4)]
+    admin_conn.execute("call usersync.resync_all()")
+    admin_conn.execute("call usersync.resync_all()")  # a second run: nothing differs, nothing is rewritten
+    assert one(conn, "select synced, changed, failed from usersync.resync_state") == (4, 0, 0)
+    # Behind the triggers: one contact differs, one user's login no longer fits varchar(5).
+    conn.execute("set session_replication_role = replica")
+    conn.execute("update contacts set short_code = 'x' where id = %s", [contact_id(conn, uids[0])])
+    conn.execute("update users set login = 'toolong' where id = %s", [uids[1]])
+    conn.execute("reset session_replication_role")
+    preview = one(admin_conn, "select would_change, would_fail from usersync.preview_resync()")
+    admin_conn.execute("call usersync.resync_all()")
+    assert preview == (1, 1)
+    assert one(conn, "select changed, failed from usersync.resync_state") == preview
+    assert one(conn, "select short_code from contacts where id = %s", [contact_id(conn, uids[0])]) == "b0"

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "e820387639e537e2b862b5fa3e0f29ba3d18b5c5877d55a925fd60559f052b20"
+SHA256 = "6e1dd496e63a9aeaf54aa15425333ec8a0260fb817fdd9adb564d3d550ad0e02"
 
 
 def upgrade() -> None:

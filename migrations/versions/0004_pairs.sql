@@ -1456,17 +1456,27 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- "The contact already is the image of the user": lets a refresh skip rows it would not change
--- (no dead tuple, no WAL). Mapped fields of different types are always rewritten.
+-- (no dead tuple, no WAL), so "changed" counts only rows whose values differ. A mapped field of
+-- another type is compared after the conversion the write performs (usersync._preview_image:
+-- assigned to the column, failing where the assignment fails), so a value that does not fit
+-- still fails rather than pass as unchanged.
 create or replace function usersync._gen_contact_same(p_pair text, p_contact text, p_user text)
-returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(f.user_field is not null and f.user_data_type <> f.data_type) then 'false'
-                else string_agg(case when f.user_field is null
-                                     then pg_catalog.format('%s.%I is null', p_contact, f.field)
-                                     else pg_catalog.format('%s is not distinct from %s',
-                                                            usersync._gen_cmp(p_contact, f.field, f.data_type),
-                                                            usersync._gen_cmp(p_user, f.user_field, f.data_type)) end,
-                                ' and ' order by f.position) end
-      from usersync._gen_contact_fields(p_pair) f
+returns text language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+    return (select string_agg(case when f.user_field is null
+                                   then pg_catalog.format('%s.%I is null', p_contact, f.field)
+                                   when f.user_data_type = f.data_type
+                                   then pg_catalog.format('%s is not distinct from %s',
+                                                          usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                          usersync._gen_cmp(p_user, f.user_field, f.data_type))
+                                   else pg_catalog.format('%s is not distinct from (%s)%s',
+                                                          usersync._gen_cmp(p_contact, f.field, f.data_type),
+                                                          usersync._preview_image(p_pair, true, p_user, f.user_field, f.field),
+                                                          case when usersync._gen_comparable(f.data_type) then ''
+                                                               else '::pg_catalog.text' end) end,
+                              ' and ' order by f.position)
+              from usersync._gen_contact_fields(p_pair) f);
+end
 $$;
 
 -- "The mapped fields hold the same values on both sides", over the mapped pairs of one type
@@ -1485,16 +1495,26 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 create or replace function usersync._gen_user_same(p_pair text, p_user text, p_contact text)
-returns text language sql stable set search_path = pg_catalog, pg_temp as $$
-    select case when bool_or(uf.data_type <> cf.data_type) then 'false'
-                else coalesce(string_agg(pg_catalog.format('%s is not distinct from %s',
-                                                           usersync._gen_cmp(p_user, m.user_field, uf.data_type),
-                                                           usersync._gen_cmp(p_contact, m.contact_field, cf.data_type)),
-                                         ' and ' order by m.user_field), 'true') end
-      from usersync.field_mapping m
-      join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
-      join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
-     where m.pair = p_pair
+returns text language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+    -- (the reversed direction: as usersync._gen_contact_same)
+    return (select coalesce(string_agg(
+                       case when uf.data_type = cf.data_type
+                            then pg_catalog.format('%s is not distinct from %s',
+                                                   usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                   usersync._gen_cmp(p_contact, m.contact_field, cf.data_type))
+                            else pg_catalog.format('%s is not distinct from (%s)%s',
+                                                   usersync._gen_cmp(p_user, m.user_field, uf.data_type),
+                                                   usersync._preview_image(p_pair, false, p_contact, m.user_field,
+                                                                           m.contact_field),
+                                                   case when usersync._gen_comparable(uf.data_type) then ''
+                                                        else '::pg_catalog.text' end) end,
+                       ' and ' order by m.user_field), 'true')
+              from usersync.field_mapping m
+              join usersync.metadata_fields uf on uf.pair = m.pair and uf.module = 'users' and uf.field = m.user_field
+              join usersync.metadata_fields cf on cf.pair = m.pair and cf.module = 'contacts' and cf.field = m.contact_field
+             where m.pair = p_pair);
+end
 $$;
 
 -- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may
@@ -3118,9 +3138,9 @@ $$;
 -- Columns: pairs, would_change, would_fail, stale, changes.
 --
 -- A pair whose values all convert can still fail on a constraint of its target table (NOT NULL,
--- CHECK: _preview_violation) when the run writes it: when one of its fields differs, or always
--- when a mapped field's type differs (the engine then rewrites every pair, see
--- usersync._gen_contact_same). Only where a table has such constraints on what the engine
+-- CHECK: _preview_violation) when the run writes it, that is when one of its fields differs (the
+-- engine skips a pair that is already the image of its source, usersync._gen_contact_same;
+-- values of another type are compared converted). Only where a table has such constraints on what the engine
 -- writes: at level 0 the query reads the pairs a second time for them ("broken"), at levels 1
 -- and 2 they are one more row of each pair, tried only when its values all converted.
 create or replace function usersync._preview_sql(p_pair text, p_level integer, p_examples integer)
@@ -3144,14 +3164,12 @@ declare
     c_tries text := '';     -- the lateral attempts those rows read (careful)
     c_ok text[] := '{}';    -- "no attempt failed", for the constraints (careful)
     c_written jsonb := '{}';  -- contact column -> its new value
-    c_any_retyped boolean := false;
     c_differs text[] := '{}';
     c_check text;
     u_rows text[] := '{}';  -- per mapped user field, likewise (reversed pairs)
     u_tries text := '';
     u_ok text[] := '{}';
     u_written jsonb := '{}';
-    u_any_retyped boolean := false;
     u_differs text[] := '{}';
     u_check text;
     probe text;
@@ -3170,7 +3188,6 @@ begin
         dif := usersync._preview_differs(mc.relation, f.contact_field, pg_catalog.format('c.%I', f.contact_field), img);
         c_written := c_written || pg_catalog.jsonb_build_object(
             f.contact_field, case when f.user_field is null then pg_catalog.format('cast(null as %s)', f.data_type) else img end);
-        c_any_retyped := c_any_retyped or coalesce(f.retyped, false);
         c_differs := c_differs || dif;
         if careful and f.retyped then
             n := n + 1;
@@ -3200,7 +3217,6 @@ begin
                     else usersync._preview_image(p_pair, false, 'c', f.user_field, f.contact_field) end;
         dif := usersync._preview_differs(mu.relation, f.user_field, pg_catalog.format('u.%I', f.user_field), img);
         u_written := u_written || pg_catalog.jsonb_build_object(f.user_field, img);
-        u_any_retyped := u_any_retyped or f.retyped;
         u_differs := u_differs || dif;
         if careful and f.retyped then
             n := n + 1;
@@ -3224,8 +3240,7 @@ begin
     c_check := usersync._preview_violation(mc.relation, 'c', c_written, p_level >= 2);
     if c_check is not null then
         c_check := pg_catalog.format('case when %s then %s end',
-                                     case when c_any_retyped then 'true'
-                                          when pg_catalog.cardinality(c_differs) = 0 then 'false'
+                                     case when pg_catalog.cardinality(c_differs) = 0 then 'false'
                                           else '(' || pg_catalog.array_to_string(c_differs, ' or ') || ')' end,
                                      c_check);
     end if;
@@ -3234,8 +3249,7 @@ begin
     end if;
     if u_check is not null then
         u_check := pg_catalog.format('case when %s then %s end',
-                                     case when u_any_retyped then 'true'
-                                          when pg_catalog.cardinality(u_differs) = 0 then 'false'
+                                     case when pg_catalog.cardinality(u_differs) = 0 then 'false'
                                           else '(' || pg_catalog.array_to_string(u_differs, ' or ') || ')' end,
                                      u_check);
     end if;
