@@ -6,6 +6,37 @@
 -- is always rolled back, and reports the first field that fails. Keys travel as text here (pairs
 -- have keys of any type) and are read back in their own type.
 
+-- The probes below insert the user's value into the contacts table and roll back. They must not
+-- take keys from the contacts' sequence (a failed bulk insert of 5,000 users burned 35,000 ids
+-- in its diagnosis) nor fail on the key: a sequence-backed key is given an existing key (or 1
+-- in an empty table) and the conflict skips the row after its values were converted and its
+-- NOT NULL and CHECK constraints checked; a shared key is the user's; any other default (a
+-- uuid) is left to run. Returns the key column list entry, its value and the clauses, for
+-- "insert into C (KEYCOL, field) OVERRIDING select KEYVAL, u.field ... ON CONFLICT".
+create or replace function usersync._probe_insert(a usersync.attachments, p_contact_field text, p_value text,
+                                                  p_from text)
+returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when a.shared_key or pg_catalog.pg_get_serial_sequence(a.contacts::text, a.contact_key) is not null
+                then pg_catalog.format('insert into %s (%I, %I) %s select %s, %s %s on conflict do nothing',
+                                       a.contacts, a.contact_key, p_contact_field,
+                                       case when exists (select from pg_catalog.pg_attribute x
+                                                          where x.attrelid = a.contacts and x.attname = a.contact_key
+                                                            and x.attidentity = 'a')
+                                            then 'overriding system value' else '' end,
+                                       case when a.shared_key
+                                            then pg_catalog.format('u.%I::%s', a.user_key,
+                                                                   usersync._key_type(a.contacts, a.contact_key))
+                                            else pg_catalog.format('coalesce((select min(k.%1$I) from %2$s k), 1)',
+                                                                   a.contact_key, a.contacts) end,
+                                       p_value, p_from)
+                else pg_catalog.format('insert into %s (%I) select %s %s on conflict do nothing',
+                                       a.contacts, p_contact_field, p_value, p_from) end
+$$;
+
 create or replace function usersync._diagnose(p_pair text, p_user_id text)
 returns table (contact_id text, direction text, user_field text, contact_field text, sqlstate text, message text)
 language plpgsql
@@ -40,9 +71,9 @@ begin
                                           usersync._key_type(a.contacts, a.contact_key))
                   using p_user_id, l.contact_id;
             else
-                execute pg_catalog.format('insert into %s (%I) select u.%I from %s u where u.%I = $1::%s',
-                                          a.contacts, m.contact_field, m.user_field, a.users, a.user_key,
-                                          usersync._key_type(a.users, a.user_key))
+                execute usersync._probe_insert(a, m.contact_field, pg_catalog.format('u.%I', m.user_field),
+                                               pg_catalog.format('from %s u where u.%I = $1::%s', a.users, a.user_key,
+                                                                 usersync._key_type(a.users, a.user_key)))
                   using p_user_id;
             end if;
             raise sqlstate 'USX00';  -- undo the attempt
@@ -84,10 +115,10 @@ declare
 begin
     begin
         -- user -> contact for user-sourced pairs (and users not linked yet)
-        execute pg_catalog.format(
-            'insert into %s (%I) select u.%I from %s u where u.%I = any($1::%s[])'
-            ' and not exists (select from %s l where l.user_id = u.%I and l.active and l.source = ''contact'')',
-            a.contacts, p_contact_field, p_user_field, a.users, a.user_key, ukt, links, a.user_key)
+        execute usersync._probe_insert(a, p_contact_field, pg_catalog.format('u.%I', p_user_field),
+            pg_catalog.format('from %s u where u.%I = any($1::%s[])'
+                              ' and not exists (select from %s l where l.user_id = u.%I and l.active and l.source = ''contact'')',
+                              a.users, a.user_key, ukt, links, a.user_key))
           using p_user_ids;
         -- contact -> user for reversed pairs
         execute pg_catalog.format(

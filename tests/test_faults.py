@@ -102,3 +102,20 @@ def test_a_bulk_insert_failing_at_its_last_row_changes_nothing(conn):
     assert "contact (new)" in info.value.diag.message_primary and '"code"' in info.value.diag.message_primary
     assert one(conn, "select (select count(*) from users) + (select count(*) from contacts)"
                      " + (select count(*) from usersync.links_1)") == 0
+
+
+@pytest.mark.parametrize("contacts", [0, 3])
+def test_naming_the_culprit_of_a_failed_bulk_insert_takes_no_contact_ids(conn, contacts):
+    conn.execute("alter table contacts add column code varchar(5)")
+    conn.execute("alter table users add column code text")
+    conn.execute("insert into usersync.field_mapping values ('code', 'code')")
+    for i in range(contacts):
+        conn.execute("insert into contacts (first_name) values (%s)", [f"plain {i}"])
+    before = one(conn, "select last_value from contacts_id_seq")
+    with pytest.raises(psycopg.errors.StringDataRightTruncation) as info:
+        conn.execute("insert into users (login, code, sync_to_contact)"
+                     " select 'bulk' || g, case when g = 5000 then 'far too long' else 'ok' end, true"
+                     " from generate_series(1, 5000) g")
+    assert '"code"' in info.value.diag.message_primary
+    # The failed statement itself drew one id per new contact; the diagnosis draws none.
+    assert one(conn, "select last_value from contacts_id_seq") - before <= 5000

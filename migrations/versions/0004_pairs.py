@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "6e1dd496e63a9aeaf54aa15425333ec8a0260fb817fdd9adb564d3d550ad0e02"
+SHA256 = "874570f43996daabc6badf9fb4843c3238825ed679071c6cca69b9376b932d88"
 
 
 def upgrade() -> None:
