@@ -383,25 +383,35 @@ begin
 end
 $$;
 
-drop event trigger if exists usersync_guard_drop;
-create event trigger usersync_guard_drop on sql_drop
-    execute function usersync._on_sql_drop();
+-- The event triggers of the guard (usersync.doctor checks them, usersync.repair restores them).
+create or replace function usersync._event_triggers()
+returns table (name text, event text, fn text)
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+    values ('usersync_guard_drop', 'sql_drop', 'usersync._on_sql_drop()'),
+           ('usersync_guard_drop_start', 'ddl_command_start', 'usersync._on_ddl_start()'),
+           ('usersync_guard_rewrite', 'table_rewrite', 'usersync._on_table_rewrite()'),
+           -- No tag filter: ALTER VIEW / MATERIALIZED VIEW / FOREIGN TABLE ... RENAME COLUMN work on a
+           -- plain table too, and ALTER TYPE changes what stored values read as. The function tells
+           -- which commands concern a pair.
+           ('usersync_guard_alter', 'ddl_command_end', 'usersync._on_ddl_end()'),
+           ('usersync_guard_engine', 'ddl_command_end', 'usersync._on_engine_ddl()')
+$$;
 
-drop event trigger if exists usersync_guard_drop_start;
-create event trigger usersync_guard_drop_start on ddl_command_start
-    execute function usersync._on_ddl_start();
+-- Creates (again) every event trigger of the guard, enabled. Creating event triggers needs a
+-- superuser; run by the install and by usersync.repair().
+create or replace function usersync._install_event_triggers()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    t record;
+begin
+    for t in select * from usersync._event_triggers() loop
+        execute pg_catalog.format('drop event trigger if exists %I', t.name);
+        execute pg_catalog.format('create event trigger %I on %s execute function %s', t.name, t.event, t.fn);
+    end loop;
+end
+$$;
 
-drop event trigger if exists usersync_guard_rewrite;
-create event trigger usersync_guard_rewrite on table_rewrite
-    execute function usersync._on_table_rewrite();
-
-drop event trigger if exists usersync_guard_alter;
--- No tag filter: ALTER VIEW / MATERIALIZED VIEW / FOREIGN TABLE ... RENAME COLUMN work on a
--- plain table too, and ALTER TYPE changes what stored values read as. The function tells which
--- commands concern a module.
-create event trigger usersync_guard_alter on ddl_command_end
-    execute function usersync._on_ddl_end();
-
-drop event trigger if exists usersync_guard_engine;
-create event trigger usersync_guard_engine on ddl_command_end
-    execute function usersync._on_engine_ddl();
+do $$ begin perform usersync._install_event_triggers(); end $$;

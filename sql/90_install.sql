@@ -54,6 +54,7 @@ alter function usersync.resync_step(integer, text) owner to usersync_engine;
 alter function usersync._set_sync_source(text, text, text) owner to usersync_engine;
 alter function usersync.set_sync_source(anycompatible, text, text) owner to usersync_engine;
 alter function usersync.preview_resync(integer, text) owner to usersync_engine;
+alter function usersync.doctor(text) owner to usersync_engine;
 -- Functions that run as their caller, event-trigger functions above all, belong to the installing
 -- role and never to the engine (60_ddl_guard.sql explains why). Named here because an upgrade from
 -- 0.1, where the engine owned some of them, keeps the owner through CREATE OR REPLACE.
@@ -90,7 +91,7 @@ grant update (delete_contact_with_user, delete_user_with_contact) on usersync.se
 grant execute on function usersync.sync_users(anycompatiblearray, text), usersync.sync_users(text),
                           usersync.resync_step(integer, text), usersync.set_sync_source(anycompatible, text, text),
                           usersync.reset_field_mapping(text), usersync.default_field_mapping(text),
-                          usersync.preview_resync(integer, text),
+                          usersync.preview_resync(integer, text), usersync.doctor(text),
                           usersync._only_pair(),  -- (the default of field_mapping.pair)
                           usersync._table_fields(regclass, name, name)  -- (read by metadata_fields)
                        to usersync_admin;

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "874570f43996daabc6badf9fb4843c3238825ed679071c6cca69b9376b932d88"
+SHA256 = "b5ae993edf4dadf3039df81a8bad0d3f32f10fc11f250da36571b1cc72b60103"
 
 
 def upgrade() -> None:

@@ -3786,28 +3786,212 @@ begin
 end
 $$;
 
-drop event trigger if exists usersync_guard_drop;
-create event trigger usersync_guard_drop on sql_drop
-    execute function usersync._on_sql_drop();
+-- The event triggers of the guard (usersync.doctor checks them, usersync.repair restores them).
+create or replace function usersync._event_triggers()
+returns table (name text, event text, fn text)
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+    values ('usersync_guard_drop', 'sql_drop', 'usersync._on_sql_drop()'),
+           ('usersync_guard_drop_start', 'ddl_command_start', 'usersync._on_ddl_start()'),
+           ('usersync_guard_rewrite', 'table_rewrite', 'usersync._on_table_rewrite()'),
+           -- No tag filter: ALTER VIEW / MATERIALIZED VIEW / FOREIGN TABLE ... RENAME COLUMN work on a
+           -- plain table too, and ALTER TYPE changes what stored values read as. The function tells
+           -- which commands concern a pair.
+           ('usersync_guard_alter', 'ddl_command_end', 'usersync._on_ddl_end()'),
+           ('usersync_guard_engine', 'ddl_command_end', 'usersync._on_engine_ddl()')
+$$;
 
-drop event trigger if exists usersync_guard_drop_start;
-create event trigger usersync_guard_drop_start on ddl_command_start
-    execute function usersync._on_ddl_start();
+-- Creates (again) every event trigger of the guard, enabled. Creating event triggers needs a
+-- superuser; run by the install and by usersync.repair().
+create or replace function usersync._install_event_triggers()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    t record;
+begin
+    for t in select * from usersync._event_triggers() loop
+        execute pg_catalog.format('drop event trigger if exists %I', t.name);
+        execute pg_catalog.format('create event trigger %I on %s execute function %s', t.name, t.event, t.fn);
+    end loop;
+end
+$$;
 
-drop event trigger if exists usersync_guard_rewrite;
-create event trigger usersync_guard_rewrite on table_rewrite
-    execute function usersync._on_table_rewrite();
+do $$ begin perform usersync._install_event_triggers(); end $$;
+-- 65_doctor.sql: is the install whole, and making it whole again.
+--
+-- usersync.doctor(pair)  compares what should exist with what does, and reads only: the guard's
+--     event triggers; for each pair its links table, generated functions (and whether they match
+--     the tables and the mapping as they are now), its triggers (present, named, enabled), the
+--     engine's policy and grants on its tables; and rows that a write behind the triggers left
+--     out of step (a user switched on without a contact, a link to a row that is gone).
+-- usersync.repair(pair)  restores what doctor finds missing, as the installer (it creates
+--     triggers on the application's tables and event triggers), then syncs the pair's rows.
+--
+-- A superuser may drop an engine trigger (the guard lets superusers) or disable the event
+-- triggers; a write with session_replication_role = replica skips the triggers. Nothing of that
+-- is silent any more: usersync status reports a damaged install, doctor says what, repair fixes.
 
-drop event trigger if exists usersync_guard_alter;
--- No tag filter: ALTER VIEW / MATERIALIZED VIEW / FOREIGN TABLE ... RENAME COLUMN work on a
--- plain table too, and ALTER TYPE changes what stored values read as. The function tells which
--- commands concern a module.
-create event trigger usersync_guard_alter on ddl_command_end
-    execute function usersync._on_ddl_end();
+create or replace function usersync.doctor(pair text default null)
+returns table (pair_name text, problem text, repair text)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set jit = off  -- catalog queries
+as $$
+declare
+    a usersync.attachments;
+    t record;
+    n bigint;
+    before_code text;
+    after_code text;
+    code_query text;
+    links text;
+begin
+    for t in select e.name from usersync._event_triggers() e
+              where not exists (select from pg_catalog.pg_event_trigger x
+                                 where x.evtname = e.name and x.evtfoid = pg_catalog.to_regprocedure(e.fn)
+                                   and x.evtenabled in ('O', 'A')) loop
+        return query select null::text, pg_catalog.format('event trigger %I of the DDL guard is missing or disabled', t.name),
+                            'usersync repair (as a superuser)'::text;
+    end loop;
+    for a in select * from usersync.attachments x
+              where doctor.pair is null or x.pair = (usersync._pair(doctor.pair)).pair order by x.id loop
+        links := usersync._links_table(a.id);
+        if pg_catalog.to_regclass(links) is null then
+            return query select a.pair, pg_catalog.format('its links table %s is missing', links),
+                                'detach and attach the pair again'::text;
+            continue;
+        end if;
+        -- Generated functions: each template's, SECURITY DEFINER, owned by the engine.
+        for t in select usersync._gen_subst(x.fn, pg_catalog.jsonb_build_object(
+                            'G', '_g' || a.id || '_', 'UKT', usersync._key_type(a.users, a.user_key),
+                            'CKT', usersync._key_type(a.contacts, a.contact_key))) as fn
+                   from usersync._templates() x loop
+            if not exists (select from pg_catalog.pg_proc p
+                            where p.oid = pg_catalog.to_regprocedure('usersync.' || t.fn) and p.prosecdef
+                              and p.proowner = 'usersync_engine'::pg_catalog.regrole) then
+                return query select a.pair, pg_catalog.format('generated function usersync.%s is missing or altered', t.fn),
+                                    'usersync repair'::text;
+            end if;
+        end loop;
+        -- Generated code that no longer matches the tables and the mapping (a change made while
+        -- the guard was off): generate it again in a subtransaction, compare, roll back.
+        code_query := pg_catalog.format(
+            'select pg_catalog.md5(pg_catalog.string_agg(p.proname || p.prosrc || coalesce(p.proconfig::text, ''''), '''' order by p.proname))'
+            ' from pg_catalog.pg_proc p where p.pronamespace = ''usersync''::pg_catalog.regnamespace and p.proname like %L',
+            '\_g' || a.id || '\_%');
+        execute code_query into before_code;
+        begin
+            perform usersync._generate(a.pair);
+            execute code_query into after_code;
+            raise sqlstate 'USX00';
+        exception when sqlstate 'USX00' then
+            null;
+        end;
+        if before_code is distinct from after_code then
+            return query select a.pair, 'its generated code does not match its tables and mapping as they are now'::text,
+                                'usersync repair'::text;
+        end if;
+        for t in select et.name, et.fn, x.rel, tg.tgname, tg.tgenabled
+                   from usersync._engine_triggers(a.id) et
+                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
+                   left join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
+                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A') loop
+            return query select a.pair,
+                                pg_catalog.format('trigger %I on %s is %s', t.name, t.rel,
+                                                  case when t.tgname is null then 'missing'
+                                                       when t.tgname <> t.name::name then pg_catalog.format('renamed to %I', t.tgname)
+                                                       else 'disabled' end),
+                                'usersync repair'::text;
+        end loop;
+        for t in select x.rel, x.key, c.relnamespace::pg_catalog.regnamespace as nsp
+                   from (values (a.users, a.user_key), (a.contacts, a.contact_key)) x(rel, key)
+                   join pg_catalog.pg_class c on c.oid = x.rel loop
+            if not (pg_catalog.has_schema_privilege('usersync_engine', t.nsp, 'USAGE')
+                    and pg_catalog.has_table_privilege('usersync_engine', t.rel, 'SELECT')
+                    and pg_catalog.has_table_privilege('usersync_engine', t.rel, 'INSERT')
+                    and pg_catalog.has_table_privilege('usersync_engine', t.rel, 'UPDATE')
+                    and pg_catalog.has_table_privilege('usersync_engine', t.rel, 'DELETE')
+                    and coalesce(pg_catalog.has_sequence_privilege('usersync_engine',
+                                     pg_catalog.pg_get_serial_sequence(t.rel::text, t.key), 'USAGE'), true)) then
+                return query select a.pair, pg_catalog.format('usersync_engine lacks a privilege on %s', t.rel),
+                                    'usersync repair'::text;
+            end if;
+            if not exists (select from pg_catalog.pg_policy p where p.polrelid = t.rel and p.polname = 'usersync_engine') then
+                return query select a.pair, pg_catalog.format('policy usersync_engine on %s is missing', t.rel),
+                                    'usersync repair'::text;
+            end if;
+        end loop;
+        -- Rows out of step: what a write behind the triggers leaves (usersync.sync_users repairs it).
+        execute pg_catalog.format(
+            'select (select count(*) from %1$s u where %2$s and not exists (select from %3$s l where l.user_id = u.%4$I and l.active))'
+            ' + (select count(*) from %3$s l where l.active and (not exists (select from %1$s u where u.%4$I = l.user_id)'
+            '                                                   or not exists (select from %5$s c where c.%6$I = l.contact_id)))',
+            a.users, coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true'), links, a.user_key,
+            a.contacts, a.contact_key) into n;
+        if n > 0 then
+            return query select a.pair,
+                                pg_catalog.format('%s user(s) without the contact their switch asks for, or links to rows '
+                                                  'that are gone (written behind the triggers)', n),
+                                'usersync sync'::text;
+        end if;
+    end loop;
+end
+$$;
+comment on function usersync.doctor(text) is
+    'What is missing or out of step in the install and the pairs (nothing when all is well); reads only';
 
-drop event trigger if exists usersync_guard_engine;
-create event trigger usersync_guard_engine on ddl_command_end
-    execute function usersync._on_engine_ddl();
+-- Runs as its caller, who must be able to create triggers on the pair's tables (their owner, or
+-- the installer as a superuser) and, for the event triggers, a superuser.
+create or replace function usersync.repair(pair text default null)
+returns setof text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    a usersync.attachments;
+    t record;
+    n bigint;
+begin
+    if exists (select from usersync.doctor() d where d.pair_name is null) then
+        if not (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
+            raise exception using errcode = 'US012',
+                message = 'the event triggers of the DDL guard are missing or disabled, and only a superuser can create them',
+                hint = 'Run usersync repair as a superuser.';
+        end if;
+        perform usersync._install_event_triggers();
+        return next 'the DDL guard''s event triggers, created again';
+    end if;
+    perform usersync._lock_config_exclusive();
+    for a in select * from usersync.attachments x
+              where repair.pair is null or x.pair = (usersync._pair(repair.pair)).pair order by x.id loop
+        if not exists (select from usersync.doctor(a.pair)) then
+            continue;
+        end if;
+        -- A trigger of the engine renamed, or disabled, by a superuser: named and enabled again.
+        for t in select et.name, x.rel, tg.tgname, tg.tgenabled
+                   from usersync._engine_triggers(a.id) et
+                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
+                   join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn) loop
+            if t.tgname <> t.name::name then
+                execute pg_catalog.format('alter trigger %I on %s rename to %I', t.tgname, t.rel, t.name);
+            end if;
+            if t.tgenabled not in ('O', 'A') then
+                execute pg_catalog.format('alter table %s enable trigger %I', t.rel, t.name);
+            end if;
+        end loop;
+        perform usersync._attach_grants(a.pair);
+        perform usersync._generate(a.pair);
+        perform usersync._attach_triggers(a.pair);
+        n := usersync._sync_users(a.pair, null);
+        return next pg_catalog.format('pair %s: triggers, grants, policy and generated code restored; %s pair(s) of rows synced',
+                                      a.pair, n);
+    end loop;
+end
+$$;
+comment on function usersync.repair(text) is
+    'Restores what usersync.doctor finds missing (triggers, event triggers, grants, policy, generated code) and syncs the rows';
 -- 0004 (after the definition, before 90_install.sql): the pair of usersync 0.1-0.3 becomes pair 1,
 -- with its mapping, mapping version, settings, links, sync errors and resync cursor as they were.
 -- 90_install.sql then generates its code and puts its triggers back.
@@ -3905,6 +4089,7 @@ alter function usersync.resync_step(integer, text) owner to usersync_engine;
 alter function usersync._set_sync_source(text, text, text) owner to usersync_engine;
 alter function usersync.set_sync_source(anycompatible, text, text) owner to usersync_engine;
 alter function usersync.preview_resync(integer, text) owner to usersync_engine;
+alter function usersync.doctor(text) owner to usersync_engine;
 -- Functions that run as their caller, event-trigger functions above all, belong to the installing
 -- role and never to the engine (60_ddl_guard.sql explains why). Named here because an upgrade from
 -- 0.1, where the engine owned some of them, keeps the owner through CREATE OR REPLACE.
@@ -3941,7 +4126,7 @@ grant update (delete_contact_with_user, delete_user_with_contact) on usersync.se
 grant execute on function usersync.sync_users(anycompatiblearray, text), usersync.sync_users(text),
                           usersync.resync_step(integer, text), usersync.set_sync_source(anycompatible, text, text),
                           usersync.reset_field_mapping(text), usersync.default_field_mapping(text),
-                          usersync.preview_resync(integer, text),
+                          usersync.preview_resync(integer, text), usersync.doctor(text),
                           usersync._only_pair(),  -- (the default of field_mapping.pair)
                           usersync._table_fields(regclass, name, name)  -- (read by metadata_fields)
                        to usersync_admin;

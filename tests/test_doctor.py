@@ -1,0 +1,69 @@
+"""usersync.doctor() finds what is missing or out of step; usersync.repair() restores it (#11 §3)."""
+
+from __future__ import annotations
+
+from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
+
+
+def _problems(conn) -> list[tuple[str | None, str]]:
+    return [(r[0], r[1]) for r in conn.execute("select pair_name, problem from usersync.doctor()")]
+
+
+def test_a_healthy_install_has_no_problem(admin_conn):
+    assert _problems(admin_conn) == []
+
+
+def test_a_dropped_engine_trigger_is_found_and_repaired(conn, admin_conn):
+    uid = add_user(conn, "a", first_name="Ann")
+    conn.execute("drop trigger usersync_1_after_update on users")  # a superuser may
+    conn.execute("update users set first_name = 'Anna' where id = %s", [uid])  # ... and syncing stopped
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "Ann"
+    assert _problems(admin_conn) == [("contacts", "trigger usersync_1_after_update on public.users is missing")]
+    assert one(conn, "select count(*) from usersync.repair()") == 1
+    assert _problems(admin_conn) == []
+    conn.execute("update users set first_name = 'Anne' where id = %s", [uid])
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "Anne"
+
+
+def test_rows_written_behind_the_triggers_are_found_and_synced(conn, admin_conn):
+    conn.execute("set session_replication_role = replica")
+    conn.execute("insert into users (login, sync_to_contact) values ('behind', true)")
+    conn.execute("reset session_replication_role")
+    assert [p for _, p in _problems(admin_conn)] == [
+        "1 user(s) without the contact their switch asks for, or links to rows that are gone (written behind the"
+        " triggers)"]
+    conn.execute("select usersync.repair()")
+    assert _problems(admin_conn) == [] and mismatches(conn) == []
+
+
+def test_a_schema_change_made_while_the_guard_was_off_is_found_and_regenerated(conn, admin_conn):
+    conn.execute("alter event trigger usersync_guard_alter disable")
+    conn.execute("alter table contacts add column nickname text")  # the generated code does not know it
+    conn.execute("alter table users add column nickname text")
+    assert [p for _, p in _problems(admin_conn)] == [
+        "event trigger usersync_guard_alter of the DDL guard is missing or disabled",
+        "its generated code does not match its tables and mapping as they are now"]
+    conn.execute("select usersync.repair()")
+    assert _problems(admin_conn) == []
+    admin_conn.execute("insert into usersync.field_mapping values ('nickname', 'nickname')")
+    uid = add_user(conn, "n", nickname="Nick")
+    assert contact(conn, contact_id(conn, uid))["nickname"] == "Nick"
+
+
+def test_only_a_superuser_can_restore_the_guards_event_triggers(conn, owner_conn):
+    conn.execute("alter event trigger usersync_guard_drop disable")
+    conn.execute("grant usage on schema usersync to usersync_test_owner")
+    conn.execute("grant execute on function usersync.repair(text), usersync.doctor(text) to usersync_test_owner")
+    with raises_sqlstate("US012", match="only a superuser"):
+        owner_conn.execute("select usersync.repair()")
+
+
+def test_doctor_reads_only(conn, admin_conn):
+    conn.execute("alter table contacts add column nickname text")
+    version = one(conn, "select version from usersync.mapping_state")
+    functions = one(conn, "select md5(string_agg(prosrc, '' order by proname)) from pg_proc"
+                          " where pronamespace = 'usersync'::regnamespace")
+    admin_conn.execute("select * from usersync.doctor()")
+    assert one(conn, "select version from usersync.mapping_state") == version
+    assert one(conn, "select md5(string_agg(prosrc, '' order by proname)) from pg_proc"
+                     " where pronamespace = 'usersync'::regnamespace") == functions
