@@ -274,6 +274,39 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
             select m.user_field, 1 from usersync.field_mapping m where m.pair = p_pair) x
 $$;
 
+-- The columns of a pair's two tables, as far as the generated code depends on them: names,
+-- types, NOT NULL, defaults, generated or dropped. Where the DDL guard is off (installed without
+-- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
+-- so the generated code compares this with what it was generated for on every call, and fails
+-- rather than write the wrong columns.
+create or replace function usersync._shape(p_users regclass, p_contacts regclass)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.md5(pg_catalog.string_agg(
+               pg_catalog.concat_ws('|', a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
+                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum))
+      from pg_catalog.pg_attribute a
+     where a.attrelid in (p_users, p_contacts) and a.attnum > 0
+$$;
+
+create or replace function usersync._stale_code(p_pair text)
+returns void language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+    raise exception using errcode = 'US005',
+        message = pg_catalog.format('the tables of pair %L changed since usersync generated its code', p_pair),
+        detail = 'The DDL guard is off (no event triggers), so nothing regenerated the code when the columns changed; '
+                 'writing now could fill the wrong columns.',
+        hint = 'Run usersync repair (SELECT usersync.repair()), which generates the code again.';
+end
+$$;
+
+-- Is the DDL guard on? (its event triggers exist and are enabled)
+create or replace function usersync._guard_on()
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.count(*) = 5
+      from pg_catalog.pg_event_trigger e
+     where e.evtname like 'usersync\_guard\_%' and e.evtenabled <> 'D'
+$$;
+
 -- Generated code must keep the structure of its template whatever the identifiers it embeds
 -- (a column may be named 'a$body$; select f(); $body$b' or '@HAS_MAP@'). Three rules make it so:
 --   1. placeholders are substituted in one pass over the template: a substituted value is never
@@ -499,7 +532,12 @@ begin
         'CAN_FAIL', can_fail::text,
         'U_SRC_U', usersync._gen_source_cols(a.pair, 'u'),
         'U_SRC_N', usersync._gen_source_cols(a.pair, 'n'),
-        'U_SAME', usersync._gen_user_same(a.pair, 'u', 'c')
+        'U_SAME', usersync._gen_user_same(a.pair, 'u', 'c'),
+        'SHAPE_CHECK', case when usersync._guard_on() then ''
+                            else pg_catalog.format('if usersync._shape(%L::pg_catalog.regclass, %L::pg_catalog.regclass) '
+                                                   'is distinct from %L then perform usersync._stale_code(%L); end if;',
+                                                   a.users::text, a.contacts::text, usersync._shape(a.users, a.contacts),
+                                                   a.pair) end
     );
 
     for fn, tpl in select t.fn, t.tpl from usersync._templates() t loop

@@ -9,7 +9,9 @@
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
+-- for messages, @SHAPE_CHECK@ nothing, or where the DDL guard is off (an install without a
+-- superuser) a statement that fails when the tables' columns changed since the code was generated
+-- (usersync._shape), @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
 -- contact's delete before the engine's statement trigger runs (ON DELETE CASCADE, or RESTRICT /
 -- NO ACTION: see on_users_delete_before), @C_FK_RESTRICTS@ the latter, @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
@@ -42,6 +44,7 @@ values
 create or replace function usersync.@G@lock_pair(p_user_id @UKT@, p_contact_id @CKT@, p_source text)
 returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
+    @SHAPE_CHECK@
     if p_source = 'contact' then
         perform from @C@ c where c.@CK@ = p_contact_id for update;
         perform from @U@ u where u.@UK@ = p_user_id for update;
@@ -65,6 +68,7 @@ declare
     n bigint;
     expected bigint;
 begin
+    @SHAPE_CHECK@
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
     -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
@@ -156,6 +160,7 @@ declare
     expected bigint;
     written bigint;
 begin
+    @SHAPE_CHECK@
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
     -- Unless row-level security may only be hiding it: a new contact would then be a duplicate
@@ -219,6 +224,7 @@ declare
     unknown @UKT@[];
     ids @UKT@[];
 begin
+    @SHAPE_CHECK@
     if p_user_ids is not null then
         select pg_catalog.array_agg(x.id order by x.id) into unknown
           from pg_catalog.unnest(p_user_ids) x(id)
@@ -267,6 +273,7 @@ declare
     written bigint;
     visible bigint;
 begin
+    @SHAPE_CHECK@
     @TRY@
     if @SHARED@ then
         -- A shared key may meet a contact that already has it: linked, not duplicated (see link).
@@ -325,6 +332,7 @@ declare
     any_switched boolean;
     usersync_bulk boolean;
 begin
+    @SHAPE_CHECK@
     @TRY@
     -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
     -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
@@ -454,6 +462,7 @@ declare
     written bigint;
     usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
+    @SHAPE_CHECK@
     if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         /*dual into r*/
         select o.@UK@ as user_id, l.contact_id into r
@@ -510,6 +519,7 @@ $tpl$),
 create or replace function usersync.@G@on_users_delete_before()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
+    @SHAPE_CHECK@
     -- Attached only where a foreign key from the contacts restricts deleting a user: its check
     -- runs before any AFTER trigger, so with delete_contact_with_user the contact goes first.
     if @C_FK_RESTRICTS@ and (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -528,6 +538,7 @@ declare
     expected bigint;
     written bigint;
 begin
+    @SHAPE_CHECK@
     if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         raise exception using errcode = 'US002',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
@@ -558,6 +569,7 @@ declare
     l @LINKS@;
     written bigint;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         -- A remembered contact (its user switched off) is found again by its key.
@@ -619,6 +631,7 @@ returns trigger language plpgsql security definer set search_path = pg_catalog, 
 declare
     l @LINKS@;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         return old;
@@ -647,6 +660,7 @@ declare
     l @LINKS@;
     written bigint;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@;
     if not found then
         return null;
@@ -683,6 +697,7 @@ declare
     n bigint;
     example @LINKS@;
 begin
+    @SHAPE_CHECK@
     select count(*) into n from @LINKS@ l where l.active and l.source = 'user';
     if n > 0 then
         select * into example from @LINKS@ l where l.active and l.source = 'user' order by l.user_id limit 1;

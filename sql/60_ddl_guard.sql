@@ -407,6 +407,16 @@ as $$
 declare
     t record;
 begin
+    if not (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
+        raise warning using
+            message = 'usersync: installed without the DDL guard: creating event triggers needs a superuser',
+            detail = 'Off without it: refusing DDL that breaks the engine (dropping or retyping a mapped column, '
+                     'disabling its triggers, rules, ...) and regenerating its code when an attached table changes. '
+                     'Instead, the generated code checks the tables'' columns on every write and fails (US005) when '
+                     'they changed; usersync doctor reports it and usersync repair generates the code again.',
+            hint = 'A superuser can add the guard later: usersync repair.';
+        return;
+    end if;
     for t in select * from usersync._event_triggers() loop
         execute pg_catalog.format('drop event trigger if exists %I', t.name);
         execute pg_catalog.format('create event trigger %I on %s execute function %s', t.name, t.event, t.fn);

@@ -6,7 +6,8 @@
 --     engine's policy and grants on its tables; and rows that a write behind the triggers left
 --     out of step (a user switched on without a contact, a link to a row that is gone).
 -- usersync.repair(pair)  restores what doctor finds missing, as the installer (it creates
---     triggers on the application's tables and event triggers), then syncs the pair's rows.
+--     triggers on the application's tables; the event triggers only as a superuser), then syncs
+--     the pair's rows.
 --
 -- A superuser may drop an engine trigger (the guard lets superusers) or disable the event
 -- triggers; a write with session_replication_role = replica skips the triggers. Nothing of that
@@ -33,7 +34,8 @@ begin
                                  where x.evtname = e.name and x.evtfoid = pg_catalog.to_regprocedure(e.fn)
                                    and x.evtenabled in ('O', 'A')) loop
         return query select null::text, pg_catalog.format('event trigger %I of the DDL guard is missing or disabled', t.name),
-                            'usersync repair (as a superuser)'::text;
+                            'usersync repair, as a superuser (until then the generated code checks the tables'' '
+                            'columns on every write)'::text;
     end loop;
     for a in select * from usersync.attachments x
               where doctor.pair is null or x.pair = (usersync._pair(doctor.pair)).pair order by x.id loop
@@ -135,13 +137,12 @@ declare
     n bigint;
 begin
     if exists (select from usersync.doctor() d where d.pair_name is null) then
-        if not (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
-            raise exception using errcode = 'US012',
-                message = 'the event triggers of the DDL guard are missing or disabled, and only a superuser can create them',
-                hint = 'Run usersync repair as a superuser.';
+        if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
+            perform usersync._install_event_triggers();
+            return next 'the DDL guard''s event triggers, created again';
+        else
+            return next 'the DDL guard stays off: creating its event triggers needs a superuser';
         end if;
-        perform usersync._install_event_triggers();
-        return next 'the DDL guard''s event triggers, created again';
     end if;
     perform usersync._lock_config_exclusive();
     for a in select * from usersync.attachments x

@@ -52,10 +52,31 @@ def test_a_schema_change_made_while_the_guard_was_off_is_found_and_regenerated(c
 
 def test_only_a_superuser_can_restore_the_guards_event_triggers(conn, owner_conn):
     conn.execute("alter event trigger usersync_guard_drop disable")
-    conn.execute("grant usage on schema usersync to usersync_test_owner")
-    conn.execute("grant execute on function usersync.repair(text), usersync.doctor(text) to usersync_test_owner")
-    with raises_sqlstate("US012", match="only a superuser"):
-        owner_conn.execute("select usersync.repair()")
+    # (the owner of the tables, given what an installer that is not a superuser has in usersync)
+    conn.execute("grant usage on schema usersync to usersync_test_owner;"
+                 " grant all on all tables in schema usersync to usersync_test_owner;"
+                 " grant execute on all functions in schema usersync to usersync_test_owner")
+    assert one(owner_conn, "select usersync.repair() limit 1") == (
+        "the DDL guard stays off: creating its event triggers needs a superuser")
+    assert one(conn, "select evtenabled from pg_event_trigger where evtname = 'usersync_guard_drop'") == "D"
+
+
+def test_with_the_guard_off_a_write_after_a_column_change_fails_instead_of_writing_wrong_columns(conn, admin_conn):
+    uid = add_user(conn, "a", first_name="Ann")
+    # As an install without a superuser has it: no event trigger; the code generated then checks
+    # the tables' columns on every write.
+    for (name,) in conn.execute("select evtname from pg_event_trigger where evtname like 'usersync%%'").fetchall():
+        conn.execute(f"alter event trigger {name} disable")
+    conn.execute("select usersync._generate('contacts')")
+    conn.execute("alter table contacts rename column first_name to given_name")
+    conn.execute("alter table contacts add column first_name text")  # same name, another column
+    with raises_sqlstate("US005", match="changed since usersync generated its code"):
+        conn.execute("update users set first_name = 'Anna' where id = %s", [uid])
+    assert "its generated code does not match its tables and mapping as they are now" in [
+        p for _, p in _problems(admin_conn)]
+    conn.execute("select usersync.repair()")
+    conn.execute("update users set first_name = 'Anna' where id = %s", [uid])
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "Anna"
 
 
 def test_doctor_reads_only(conn, admin_conn):

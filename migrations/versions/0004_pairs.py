@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "b5ae993edf4dadf3039df81a8bad0d3f32f10fc11f250da36571b1cc72b60103"
+SHA256 = "a300d571eab064d4a8a7a762b9b67da6b0a1c06b1d419bf2366c2b4c0644143c"
 
 
 def upgrade() -> None:

@@ -57,14 +57,44 @@ $before$;
 -- usersync_admin   NOLOGIN; grant it to the people and scripts that administer the sync
 --                  (mapping, settings, sync actions). See docs/sql-api.md.
 -- Roles are cluster-wide, so they are created only when missing and never dropped here.
+--
+-- The installer is a superuser, or (on a managed server: RDS, Cloud SQL, Azure, Supabase, Neon)
+-- the database's owner with CREATEROLE. Such an installer makes itself a member of
+-- usersync_engine, which it needs to give the engine its functions (ALTER ... OWNER TO); on
+-- PostgreSQL 16 and later it may only grant roles it has ADMIN OPTION on, which it has on the
+-- roles it created. docs/install.md lists the privileges and the GRANTs.
 
 do $$
+declare
+    me text := current_user;
+    super boolean := (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user);
 begin
+    if not super and not (select r.rolcreaterole from pg_catalog.pg_roles r where r.rolname = current_user)
+       and not (exists (select from pg_catalog.pg_roles where rolname = 'usersync_engine')
+                and exists (select from pg_catalog.pg_roles where rolname = 'usersync_admin')) then
+        raise exception using errcode = 'insufficient_privilege',
+            message = pg_catalog.format('installing usersync needs a superuser or a role with CREATEROLE; %s has neither', me),
+            detail = 'The install creates the roles usersync_engine and usersync_admin when they are missing.',
+            hint = 'Install as a superuser, or as the database owner with CREATEROLE (docs/install.md).';
+    end if;
     if not exists (select from pg_catalog.pg_roles where rolname = 'usersync_engine') then
         create role usersync_engine nologin;
     end if;
     if not exists (select from pg_catalog.pg_roles where rolname = 'usersync_admin') then
         create role usersync_admin nologin;
+    end if;
+    if not super and not pg_catalog.pg_has_role(me, 'usersync_engine', 'MEMBER') then
+        begin
+            execute pg_catalog.format('grant usersync_engine to %I', me);
+        exception when insufficient_privilege then
+            raise exception using errcode = 'insufficient_privilege',
+                message = pg_catalog.format('%s cannot install usersync: it is not a member of usersync_engine and '
+                                            'cannot make itself one', me),
+                detail = 'The role usersync_engine already exists (another database''s install made it) and this '
+                         'role has no ADMIN OPTION on it.',
+                hint = pg_catalog.format('Have a superuser or that role''s admin run: GRANT usersync_engine, '
+                                         'usersync_admin TO %I WITH ADMIN OPTION', me);
+        end;
     end if;
 end
 $$;
@@ -1620,6 +1650,39 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
             select m.user_field, 1 from usersync.field_mapping m where m.pair = p_pair) x
 $$;
 
+-- The columns of a pair's two tables, as far as the generated code depends on them: names,
+-- types, NOT NULL, defaults, generated or dropped. Where the DDL guard is off (installed without
+-- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
+-- so the generated code compares this with what it was generated for on every call, and fails
+-- rather than write the wrong columns.
+create or replace function usersync._shape(p_users regclass, p_contacts regclass)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.md5(pg_catalog.string_agg(
+               pg_catalog.concat_ws('|', a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
+                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum))
+      from pg_catalog.pg_attribute a
+     where a.attrelid in (p_users, p_contacts) and a.attnum > 0
+$$;
+
+create or replace function usersync._stale_code(p_pair text)
+returns void language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+    raise exception using errcode = 'US005',
+        message = pg_catalog.format('the tables of pair %L changed since usersync generated its code', p_pair),
+        detail = 'The DDL guard is off (no event triggers), so nothing regenerated the code when the columns changed; '
+                 'writing now could fill the wrong columns.',
+        hint = 'Run usersync repair (SELECT usersync.repair()), which generates the code again.';
+end
+$$;
+
+-- Is the DDL guard on? (its event triggers exist and are enabled)
+create or replace function usersync._guard_on()
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.count(*) = 5
+      from pg_catalog.pg_event_trigger e
+     where e.evtname like 'usersync\_guard\_%' and e.evtenabled <> 'D'
+$$;
+
 -- Generated code must keep the structure of its template whatever the identifiers it embeds
 -- (a column may be named 'a$body$; select f(); $body$b' or '@HAS_MAP@'). Three rules make it so:
 --   1. placeholders are substituted in one pass over the template: a substituted value is never
@@ -1845,7 +1908,12 @@ begin
         'CAN_FAIL', can_fail::text,
         'U_SRC_U', usersync._gen_source_cols(a.pair, 'u'),
         'U_SRC_N', usersync._gen_source_cols(a.pair, 'n'),
-        'U_SAME', usersync._gen_user_same(a.pair, 'u', 'c')
+        'U_SAME', usersync._gen_user_same(a.pair, 'u', 'c'),
+        'SHAPE_CHECK', case when usersync._guard_on() then ''
+                            else pg_catalog.format('if usersync._shape(%L::pg_catalog.regclass, %L::pg_catalog.regclass) '
+                                                   'is distinct from %L then perform usersync._stale_code(%L); end if;',
+                                                   a.users::text, a.contacts::text, usersync._shape(a.users, a.contacts),
+                                                   a.pair) end
     );
 
     for fn, tpl in select t.fn, t.tpl from usersync._templates() t loop
@@ -1871,7 +1939,9 @@ $gen$;
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
--- for messages, @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
+-- for messages, @SHAPE_CHECK@ nothing, or where the DDL guard is off (an install without a
+-- superuser) a statement that fails when the tables' columns changed since the code was generated
+-- (usersync._shape), @C_FK_FIRST@ true when a foreign key from the contacts to the users decides a
 -- contact's delete before the engine's statement trigger runs (ON DELETE CASCADE, or RESTRICT /
 -- NO ACTION: see on_users_delete_before), @C_FK_RESTRICTS@ the latter, @PINS@ the SET clauses
 -- that make conversions independent of the session's settings (only where a mapped pair's types
@@ -1904,6 +1974,7 @@ values
 create or replace function usersync.@G@lock_pair(p_user_id @UKT@, p_contact_id @CKT@, p_source text)
 returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
+    @SHAPE_CHECK@
     if p_source = 'contact' then
         perform from @C@ c where c.@CK@ = p_contact_id for update;
         perform from @U@ u where u.@UK@ = p_user_id for update;
@@ -1927,6 +1998,7 @@ declare
     n bigint;
     expected bigint;
 begin
+    @SHAPE_CHECK@
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
     -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
@@ -2018,6 +2090,7 @@ declare
     expected bigint;
     written bigint;
 begin
+    @SHAPE_CHECK@
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
     -- Unless row-level security may only be hiding it: a new contact would then be a duplicate
@@ -2081,6 +2154,7 @@ declare
     unknown @UKT@[];
     ids @UKT@[];
 begin
+    @SHAPE_CHECK@
     if p_user_ids is not null then
         select pg_catalog.array_agg(x.id order by x.id) into unknown
           from pg_catalog.unnest(p_user_ids) x(id)
@@ -2129,6 +2203,7 @@ declare
     written bigint;
     visible bigint;
 begin
+    @SHAPE_CHECK@
     @TRY@
     if @SHARED@ then
         -- A shared key may meet a contact that already has it: linked, not duplicated (see link).
@@ -2187,6 +2262,7 @@ declare
     any_switched boolean;
     usersync_bulk boolean;
 begin
+    @SHAPE_CHECK@
     @TRY@
     -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
     -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
@@ -2316,6 +2392,7 @@ declare
     written bigint;
     usersync_bulk boolean := exists (select from old_rows offset @BULK_ROWS@);
 begin
+    @SHAPE_CHECK@
     if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         /*dual into r*/
         select o.@UK@ as user_id, l.contact_id into r
@@ -2372,6 +2449,7 @@ $tpl$),
 create or replace function usersync.@G@on_users_delete_before()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
+    @SHAPE_CHECK@
     -- Attached only where a foreign key from the contacts restricts deleting a user: its check
     -- runs before any AFTER trigger, so with delete_contact_with_user the contact goes first.
     if @C_FK_RESTRICTS@ and (select s.delete_contact_with_user from usersync.settings s where s.pair = @PAIR@) then
@@ -2390,6 +2468,7 @@ declare
     expected bigint;
     written bigint;
 begin
+    @SHAPE_CHECK@
     if exists (select from @LINKS@ l where l.active and l.source = 'contact') then
         raise exception using errcode = 'US002',
             message = pg_catalog.format('cannot truncate %s: some users are synchronized from their contacts', tg_table_name),
@@ -2420,6 +2499,7 @@ declare
     l @LINKS@;
     written bigint;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         -- A remembered contact (its user switched off) is found again by its key.
@@ -2481,6 +2561,7 @@ returns trigger language plpgsql security definer set search_path = pg_catalog, 
 declare
     l @LINKS@;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@ and active;
     if not found then
         return old;
@@ -2509,6 +2590,7 @@ declare
     l @LINKS@;
     written bigint;
 begin
+    @SHAPE_CHECK@
     select * into l from @LINKS@ where contact_id = old.@CK@;
     if not found then
         return null;
@@ -2545,6 +2627,7 @@ declare
     n bigint;
     example @LINKS@;
 begin
+    @SHAPE_CHECK@
     select count(*) into n from @LINKS@ l where l.active and l.source = 'user';
     if n > 0 then
         select * into example from @LINKS@ l where l.active and l.source = 'user' order by l.user_id limit 1;
@@ -3810,6 +3893,16 @@ as $$
 declare
     t record;
 begin
+    if not (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
+        raise warning using
+            message = 'usersync: installed without the DDL guard: creating event triggers needs a superuser',
+            detail = 'Off without it: refusing DDL that breaks the engine (dropping or retyping a mapped column, '
+                     'disabling its triggers, rules, ...) and regenerating its code when an attached table changes. '
+                     'Instead, the generated code checks the tables'' columns on every write and fails (US005) when '
+                     'they changed; usersync doctor reports it and usersync repair generates the code again.',
+            hint = 'A superuser can add the guard later: usersync repair.';
+        return;
+    end if;
     for t in select * from usersync._event_triggers() loop
         execute pg_catalog.format('drop event trigger if exists %I', t.name);
         execute pg_catalog.format('create event trigger %I on %s execute function %s', t.name, t.event, t.fn);
@@ -3826,7 +3919,8 @@ do $$ begin perform usersync._install_event_triggers(); end $$;
 --     engine's policy and grants on its tables; and rows that a write behind the triggers left
 --     out of step (a user switched on without a contact, a link to a row that is gone).
 -- usersync.repair(pair)  restores what doctor finds missing, as the installer (it creates
---     triggers on the application's tables and event triggers), then syncs the pair's rows.
+--     triggers on the application's tables; the event triggers only as a superuser), then syncs
+--     the pair's rows.
 --
 -- A superuser may drop an engine trigger (the guard lets superusers) or disable the event
 -- triggers; a write with session_replication_role = replica skips the triggers. Nothing of that
@@ -3853,7 +3947,8 @@ begin
                                  where x.evtname = e.name and x.evtfoid = pg_catalog.to_regprocedure(e.fn)
                                    and x.evtenabled in ('O', 'A')) loop
         return query select null::text, pg_catalog.format('event trigger %I of the DDL guard is missing or disabled', t.name),
-                            'usersync repair (as a superuser)'::text;
+                            'usersync repair, as a superuser (until then the generated code checks the tables'' '
+                            'columns on every write)'::text;
     end loop;
     for a in select * from usersync.attachments x
               where doctor.pair is null or x.pair = (usersync._pair(doctor.pair)).pair order by x.id loop
@@ -3955,13 +4050,12 @@ declare
     n bigint;
 begin
     if exists (select from usersync.doctor() d where d.pair_name is null) then
-        if not (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
-            raise exception using errcode = 'US012',
-                message = 'the event triggers of the DDL guard are missing or disabled, and only a superuser can create them',
-                hint = 'Run usersync repair as a superuser.';
+        if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
+            perform usersync._install_event_triggers();
+            return next 'the DDL guard''s event triggers, created again';
+        else
+            return next 'the DDL guard stays off: creating its event triggers needs a superuser';
         end if;
-        perform usersync._install_event_triggers();
-        return next 'the DDL guard''s event triggers, created again';
     end if;
     perform usersync._lock_config_exclusive();
     for a in select * from usersync.attachments x
