@@ -32,7 +32,11 @@ begin
     if not exists (select from pg_catalog.pg_roles where rolname = 'usersync_admin') then
         create role usersync_admin nologin;
     end if;
-    if not super and not pg_catalog.pg_has_role(me, 'usersync_engine', 'MEMBER') then
+    -- (16+: the creator of a role holds it WITH ADMIN but may not SET ROLE to it until it grants
+    -- itself that; 15 has no such option and asks for membership)
+    if not super and not pg_catalog.pg_has_role(me, 'usersync_engine',
+                                                 case when pg_catalog.current_setting('server_version_num')::integer >= 160000
+                                                      then 'SET' else 'MEMBER' end) then
         begin
             execute pg_catalog.format('grant usersync_engine to %I', me);
         exception when insufficient_privilege then

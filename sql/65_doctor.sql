@@ -29,8 +29,15 @@ declare
     code_query text;
     links text;
 begin
+    if not exists (select from pg_catalog.pg_event_trigger x join usersync._event_triggers() e on e.name = x.evtname) then
+        -- (an install without a superuser: docs/install.md says what is off, and what is not)
+        return query select null::text, 'the DDL guard is off: no event trigger of usersync exists'::text,
+                            'usersync repair, as a superuser (until then the generated code checks the tables'' '
+                            'columns on every write)'::text;
+    end if;
     for t in select e.name from usersync._event_triggers() e
-              where not exists (select from pg_catalog.pg_event_trigger x
+              where exists (select from pg_catalog.pg_event_trigger x join usersync._event_triggers() y on y.name = x.evtname)
+                and not exists (select from pg_catalog.pg_event_trigger x
                                  where x.evtname = e.name and x.evtfoid = pg_catalog.to_regprocedure(e.fn)
                                    and x.evtenabled in ('O', 'A')) loop
         return query select null::text, pg_catalog.format('event trigger %I of the DDL guard is missing or disabled', t.name),

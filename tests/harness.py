@@ -39,6 +39,14 @@ SYSTEM_BINARIES = Path("/usr/lib/postgresql")  # USERSYNC_TEST_PG=15: the machin
 APP_ROLE = "usersync_test_app"
 ADMIN_ROLE = "usersync_test_admin"
 OWNER_ROLE = "usersync_test_owner"  # owns users and contacts; not a superuser
+# USERSYNC_TEST_INSTALLER=owner: usersync is installed (and the example tables attached) by this
+# role, which owns the database and has CREATEROLE but is not a superuser, as on a managed server
+# (RDS, Cloud SQL, Supabase ...): no event triggers, so no DDL guard (tests marked `guard` skip).
+INSTALLER_ROLE = "usersync_test_installer"
+
+
+def installer_is_owner() -> bool:
+    return os.environ.get("USERSYNC_TEST_INSTALLER", "") == "owner"
 ROLE_PASSWORD = "usersync-test"  # only for servers that ask; trust servers ignore it
 
 
@@ -186,11 +194,12 @@ def ensure_test_roles(srv: Server) -> None:
     """Cluster-wide login roles: an application (plain DML), an administrator (usersync_admin) and
     the owner of the module tables (neither of them a superuser)."""
     with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
-        for role in (APP_ROLE, ADMIN_ROLE, OWNER_ROLE):
+        for role in (APP_ROLE, ADMIN_ROLE, OWNER_ROLE, INSTALLER_ROLE):
             exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
             if not exists:
                 conn.execute(sql.SQL("create role {} login password {}").format(
                     sql.Identifier(role), sql.Literal(ROLE_PASSWORD)))
+        conn.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(INSTALLER_ROLE)))
 
 
 def build_template(srv: Server) -> str:
@@ -199,9 +208,12 @@ def build_template(srv: Server) -> str:
     janitor = srv.janitor(name, as_template=True)
     janitor.init()
     db = Database(srv.conninfo(name), "test template")
-    migrate.upgrade(db)
+    if installer_is_owner():
+        _install_as_database_owner(srv, name)
+    else:
+        migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        examples.create_and_attach(conn)  # the application's tables, attached as a pair
+        examples.create_and_attach(conn)  # the application's tables, attached as a pair (once)
         conn.execute(sql.SQL("grant usersync_admin to {}").format(sql.Identifier(ADMIN_ROLE)))
         conn.execute(sql.SQL(
             "grant select, insert, update, delete, truncate on public.users, public.contacts to {}, {}"
@@ -212,6 +224,24 @@ def build_template(srv: Server) -> str:
             conn.execute(sql.SQL("alter table public.{} owner to {}").format(
                 sql.Identifier(table), sql.Identifier(OWNER_ROLE)))
     return name
+
+
+def _install_as_database_owner(srv: Server, name: str) -> None:
+    """Install and attach as INSTALLER_ROLE, the database's owner with CREATEROLE. Where the
+    cluster-wide roles exist already (another database's install made them), a superuser grants
+    them with ADMIN OPTION first, as docs/install.md tells a DBA; on a fresh server the installer
+    creates them itself."""
+    with psycopg.connect(srv.conninfo(), autocommit=True) as su:
+        su.execute(sql.SQL("alter database {} owner to {}").format(
+            sql.Identifier(name), sql.Identifier(INSTALLER_ROLE)))
+        if su.execute("select count(*) from pg_roles where rolname in ('usersync_engine', 'usersync_admin')"
+                      ).fetchone() == (2,):
+            su.execute(sql.SQL("grant usersync_engine, usersync_admin to {} with admin option").format(
+                sql.Identifier(INSTALLER_ROLE)))
+    installer = Database(srv.conninfo(name, user=INSTALLER_ROLE, password=ROLE_PASSWORD), "test template (installer)")
+    migrate.upgrade(installer)
+    with psycopg.connect(installer.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
 
 
@@ -9,10 +10,12 @@ def _problems(conn) -> list[tuple[str | None, str]]:
     return [(r[0], r[1]) for r in conn.execute("select pair_name, problem from usersync.doctor()")]
 
 
+@pytest.mark.guard
 def test_a_healthy_install_has_no_problem(admin_conn):
     assert _problems(admin_conn) == []
 
 
+@pytest.mark.guard
 def test_a_dropped_engine_trigger_is_found_and_repaired(conn, admin_conn):
     uid = add_user(conn, "a", first_name="Ann")
     conn.execute("drop trigger usersync_1_after_update on users")  # a superuser may
@@ -25,6 +28,7 @@ def test_a_dropped_engine_trigger_is_found_and_repaired(conn, admin_conn):
     assert contact(conn, contact_id(conn, uid))["first_name"] == "Anne"
 
 
+@pytest.mark.guard
 def test_rows_written_behind_the_triggers_are_found_and_synced(conn, admin_conn):
     conn.execute("set session_replication_role = replica")
     conn.execute("insert into users (login, sync_to_contact) values ('behind', true)")
@@ -36,6 +40,7 @@ def test_rows_written_behind_the_triggers_are_found_and_synced(conn, admin_conn)
     assert _problems(admin_conn) == [] and mismatches(conn) == []
 
 
+@pytest.mark.guard
 def test_a_schema_change_made_while_the_guard_was_off_is_found_and_regenerated(conn, admin_conn):
     conn.execute("alter event trigger usersync_guard_alter disable")
     conn.execute("alter table contacts add column nickname text")  # the generated code does not know it
@@ -50,6 +55,7 @@ def test_a_schema_change_made_while_the_guard_was_off_is_found_and_regenerated(c
     assert contact(conn, contact_id(conn, uid))["nickname"] == "Nick"
 
 
+@pytest.mark.guard
 def test_only_a_superuser_can_restore_the_guards_event_triggers(conn, owner_conn):
     conn.execute("alter event trigger usersync_guard_drop disable")
     # (the owner of the tables, given what an installer that is not a superuser has in usersync)
@@ -88,3 +94,9 @@ def test_doctor_reads_only(conn, admin_conn):
     assert one(conn, "select version from usersync.mapping_state") == version
     assert one(conn, "select md5(string_agg(prosrc, '' order by proname)) from pg_proc"
                      " where pronamespace = 'usersync'::regnamespace") == functions
+
+
+def test_an_install_without_a_superuser_is_reported_as_guard_off(conn, admin_conn):
+    for (name,) in conn.execute("select evtname from pg_event_trigger where evtname like 'usersync%%'").fetchall():
+        conn.execute(f"drop event trigger {name}")
+    assert _problems(admin_conn)[0] == (None, "the DDL guard is off: no event trigger of usersync exists")

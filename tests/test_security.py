@@ -40,6 +40,7 @@ def test_everything_the_engine_owns_runs_as_the_engine(conn):
     assert one(conn, "select count(*) from pg_proc where proowner = 'usersync_engine'::regrole") > 20
 
 
+@pytest.mark.guard
 def test_code_that_runs_as_its_caller_is_not_owned_by_the_engine(conn):
     # Event-trigger functions run for whoever issues DDL (a superuser, say); resync_all and the
     # generator's helpers run as their caller: the engine must not be able to replace them.
@@ -64,6 +65,7 @@ def test_code_that_runs_as_its_caller_is_not_owned_by_the_engine(conn):
     " language plpgsql security definer as $$ begin end $$",
     "create aggregate usersync.agg(bigint) (sfunc = pg_catalog.int8pl, stype = bigint)",
 ])
+@pytest.mark.guard  # (usersync_guard_engine)
 def test_the_engine_cannot_make_its_code_run_as_its_caller(conn, statement):
     # As if an attacker had become usersync_engine: nothing it owns may run with another role's
     # privileges, so every way to own invoker code is refused (by a guard the engine does not own).
@@ -134,7 +136,7 @@ def test_objects_in_pg_temp_or_public_named_like_the_engines_are_ignored(app_con
     "alter table contacts disable trigger all",
     "alter table users disable trigger usersync_1_after_update",
     "drop trigger usersync_1_after_update on contacts",
-    "alter event trigger usersync_guard_alter disable",
+    pytest.param("alter event trigger usersync_guard_alter disable", marks=pytest.mark.guard),
     "create or replace function usersync._g1_on_contact_update() returns trigger language plpgsql"
     " as $$ begin return null; end $$",
 ])

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "a300d571eab064d4a8a7a762b9b67da6b0a1c06b1d419bf2366c2b4c0644143c"
+SHA256 = "6342b44fa27a36ed22216e4906fb2b829e8d96d05b6480cf972b0f5b6d4d856b"
 
 
 def upgrade() -> None:

@@ -83,7 +83,11 @@ begin
     if not exists (select from pg_catalog.pg_roles where rolname = 'usersync_admin') then
         create role usersync_admin nologin;
     end if;
-    if not super and not pg_catalog.pg_has_role(me, 'usersync_engine', 'MEMBER') then
+    -- (16+: the creator of a role holds it WITH ADMIN but may not SET ROLE to it until it grants
+    -- itself that; 15 has no such option and asks for membership)
+    if not super and not pg_catalog.pg_has_role(me, 'usersync_engine',
+                                                 case when pg_catalog.current_setting('server_version_num')::integer >= 160000
+                                                      then 'SET' else 'MEMBER' end) then
         begin
             execute pg_catalog.format('grant usersync_engine to %I', me);
         exception when insufficient_privilege then
@@ -3942,8 +3946,15 @@ declare
     code_query text;
     links text;
 begin
+    if not exists (select from pg_catalog.pg_event_trigger x join usersync._event_triggers() e on e.name = x.evtname) then
+        -- (an install without a superuser: docs/install.md says what is off, and what is not)
+        return query select null::text, 'the DDL guard is off: no event trigger of usersync exists'::text,
+                            'usersync repair, as a superuser (until then the generated code checks the tables'' '
+                            'columns on every write)'::text;
+    end if;
     for t in select e.name from usersync._event_triggers() e
-              where not exists (select from pg_catalog.pg_event_trigger x
+              where exists (select from pg_catalog.pg_event_trigger x join usersync._event_triggers() y on y.name = x.evtname)
+                and not exists (select from pg_catalog.pg_event_trigger x
                                  where x.evtname = e.name and x.evtfoid = pg_catalog.to_regprocedure(e.fn)
                                    and x.evtenabled in ('O', 'A')) loop
         return query select null::text, pg_catalog.format('event trigger %I of the DDL guard is missing or disabled', t.name),
