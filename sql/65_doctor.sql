@@ -44,6 +44,13 @@ begin
                             'usersync repair, as a superuser (until then the generated code checks the tables'' '
                             'columns on every write)'::text;
     end loop;
+    -- Functions that must run as the engine (a restore with --no-owner gives them to the restorer).
+    for t in select f.fn from pg_catalog.unnest(usersync._engine_functions()) f(fn)
+               join pg_catalog.pg_proc p on p.oid = f.fn
+              where p.proowner <> 'usersync_engine'::pg_catalog.regrole loop
+        return query select null::text, pg_catalog.format('function %s is not owned by usersync_engine', t.fn),
+                            'usersync repair'::text;
+    end loop;
     for a in select * from usersync.attachments x
               where doctor.pair is null or x.pair = (usersync._pair(doctor.pair)).pair order by x.id loop
         links := usersync._links_table(a.id);
@@ -143,7 +150,7 @@ declare
     t record;
     n bigint;
 begin
-    if exists (select from usersync.doctor() d where d.pair_name is null) then
+    if exists (select from usersync.doctor() d where d.pair_name is null and d.problem like '%event trigger%') then
         if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
             perform usersync._install_event_triggers();
             return next 'the DDL guard''s event triggers, created again';
@@ -152,6 +159,7 @@ begin
         end if;
     end if;
     perform usersync._lock_config_exclusive();
+    perform usersync._set_owners();  -- (a restore with --no-owner gave every function to the restoring role)
     for a in select * from usersync.attachments x
               where repair.pair is null or x.pair = (usersync._pair(repair.pair)).pair order by x.id loop
         if not exists (select from usersync.doctor(a.pair)) then

@@ -135,18 +135,27 @@ class SystemServer:
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
-def _system(version: str) -> Server:
+def _system(version: str, settings: dict[str, str] | None = None) -> Server:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     top = Path(tempfile.mkdtemp(prefix="usersync-test-", dir=base))
+    extra = "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
     datadir = top / "pgdata"
     if os.geteuid() == 0:
         shutil.chown(top, "postgres")
     handle = SystemServer(SYSTEM_BINARIES / version / "bin", datadir)
     handle._run(str(handle.bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
     handle._run(str(handle.bindir / "pg_ctl"), "-D", str(datadir), "-w", "-l", str(top / "log"), "-o",
-                f"-c listen_addresses='' -k {top} -c fsync=off -c max_connections=100", "start")
+                f"-c listen_addresses='' -k {top} -c fsync=off -c max_connections=100{extra}", "start")
     params = {"host": str(top), "port": 5432, "user": "postgres", "dbname": "postgres"}
     return Server(params, f"private server of the machine's PostgreSQL {version} in {top}", _probe(params), handle)
+
+
+def extra_server(settings: dict[str, str]) -> Server | None:
+    """Another private server (of the machine's own binaries, the newest installed), with these
+    settings, for tests that need a second server or a server setting (logical replication);
+    None where the machine has none. The caller stops it: ``server.handle.stop()``."""
+    versions = sorted((p.name for p in SYSTEM_BINARIES.glob("*") if (p / "bin" / "initdb").is_file()), key=int)
+    return _system(versions[-1], settings) if versions else None
 
 
 def _embedded(version: int | None) -> Server:

@@ -48,3 +48,45 @@ def test_a_dump_restored_into_an_empty_database_keeps_the_pairs_and_the_engine(
             conn.execute("drop table contacts")
         conn.execute("insert into users (login, sync_to_contact) values ('new', true)")
         assert mismatches(conn) == []
+
+
+def test_a_dump_by_the_non_superuser_installer_restores_as_that_role(
+        pg_server: harness.Server, new_database: Callable[[], Database], tmp_path):
+    pg_dump, pg_restore = harness.client_tool(pg_server, "pg_dump"), harness.client_tool(pg_server, "pg_restore")
+    if pg_dump is None or pg_restore is None:
+        pytest.skip(f"no pg_dump/pg_restore of PostgreSQL {pg_server.version} on this machine")
+    role = harness.INSTALLER_ROLE
+    dbs = []
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as su:
+        # (the roles exist on this server: a DBA grants them as docs/install.md says)
+        su.execute(f"grant usersync_engine, usersync_admin to {role} with admin option")
+        for _ in range(2):
+            db = new_database()
+            name = psycopg.conninfo.conninfo_to_dict(db.conninfo)["dbname"]
+            su.execute(f"alter database {name} owner to {role}")
+            dbs.append(pg_server.conninfo(name, user=role, password=harness.ROLE_PASSWORD))
+    source, target = dbs
+    migrate.upgrade(Database(source, "installer's source"))
+    with psycopg.connect(source, autocommit=True) as conn:
+        examples.create_and_attach(conn)
+        conn.execute("insert into users (login, first_name, sync_to_contact) values ('a', 'Ann', true)")
+    dump = tmp_path / "usersync.dump"
+    subprocess.run([str(pg_dump), "-Fc", "-f", str(dump), "-d", source], check=True, capture_output=True)
+    # As docs/install.md says for a role that is not a superuser: --no-owner (it may not give
+    # functions to usersync_engine before the schema's grants are restored), then repair.
+    restored = subprocess.run([str(pg_restore), "-d", target, "--no-owner", "--exit-on-error", str(dump)],
+                              capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert "function usersync._generate(text) is not owned by usersync_engine" in [
+            r[1] for r in conn.execute("select * from usersync.doctor()")]
+        conn.execute("select usersync.repair()")
+        assert one(conn, "select count(*) from usersync.links where active") == 1
+        assert [r[1] for r in conn.execute("select * from usersync.doctor()")] == [
+            "the DDL guard is off: no event trigger of usersync exists"]
+        conn.execute("update users set first_name = 'Anna'")
+        assert one(conn, "select first_name from contacts") == "Anna"
+        with raises_sqlstate("US001"):
+            conn.execute("update contacts set first_name = 'x'")
+        conn.execute("insert into users (login, sync_to_contact) values ('new', true)")
+        assert mismatches(conn) == []

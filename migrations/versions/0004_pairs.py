@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "6342b44fa27a36ed22216e4906fb2b829e8d96d05b6480cf972b0f5b6d4d856b"
+SHA256 = "906fb0618dcf3dc71ca16613c5af7646c056ed6d0ab01d9aa6c5a52884cdec47"
 
 
 def upgrade() -> None:

@@ -3961,6 +3961,13 @@ begin
                             'usersync repair, as a superuser (until then the generated code checks the tables'' '
                             'columns on every write)'::text;
     end loop;
+    -- Functions that must run as the engine (a restore with --no-owner gives them to the restorer).
+    for t in select f.fn from pg_catalog.unnest(usersync._engine_functions()) f(fn)
+               join pg_catalog.pg_proc p on p.oid = f.fn
+              where p.proowner <> 'usersync_engine'::pg_catalog.regrole loop
+        return query select null::text, pg_catalog.format('function %s is not owned by usersync_engine', t.fn),
+                            'usersync repair'::text;
+    end loop;
     for a in select * from usersync.attachments x
               where doctor.pair is null or x.pair = (usersync._pair(doctor.pair)).pair order by x.id loop
         links := usersync._links_table(a.id);
@@ -4060,7 +4067,7 @@ declare
     t record;
     n bigint;
 begin
-    if exists (select from usersync.doctor() d where d.pair_name is null) then
+    if exists (select from usersync.doctor() d where d.pair_name is null and d.problem like '%event trigger%') then
         if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
             perform usersync._install_event_triggers();
             return next 'the DDL guard''s event triggers, created again';
@@ -4069,6 +4076,7 @@ begin
         end if;
     end if;
     perform usersync._lock_config_exclusive();
+    perform usersync._set_owners();  -- (a restore with --no-owner gave every function to the restoring role)
     for a in select * from usersync.attachments x
               where repair.pair is null or x.pair = (usersync._pair(repair.pair)).pair order by x.id loop
         if not exists (select from usersync.doctor(a.pair)) then
@@ -4177,34 +4185,67 @@ select a.pair,
   join usersync.mapping_state m on m.pair = a.pair;
 comment on view usersync.pairs is 'The attached pairs of tables, with their keys, switch and delete settings';
 
--- The engine: owns every function that writes, so that current_user inside them is
--- usersync_engine, which is what the guards recognise.
-alter function usersync._check_mapping_row() owner to usersync_engine;
-alter function usersync._mapping_changed() owner to usersync_engine;
-alter function usersync.default_field_mapping(text) owner to usersync_engine;
-alter function usersync.reset_field_mapping(text) owner to usersync_engine;
-alter function usersync._generate(text) owner to usersync_engine;
-alter function usersync._diagnose(text, text) owner to usersync_engine;
-alter function usersync._explain_failure(text, text[]) owner to usersync_engine;
-alter function usersync._field_fits(text, text[], text, text) owner to usersync_engine;
-alter function usersync._sync_users(text, text[]) owner to usersync_engine;
-alter function usersync.sync_users(anycompatiblearray, text) owner to usersync_engine;
-alter function usersync.sync_users(text) owner to usersync_engine;
-alter function usersync.resync_step(integer, text) owner to usersync_engine;
-alter function usersync._set_sync_source(text, text, text) owner to usersync_engine;
-alter function usersync.set_sync_source(anycompatible, text, text) owner to usersync_engine;
-alter function usersync.preview_resync(integer, text) owner to usersync_engine;
-alter function usersync.doctor(text) owner to usersync_engine;
--- Functions that run as their caller, event-trigger functions above all, belong to the installing
--- role and never to the engine (60_ddl_guard.sql explains why). Named here because an upgrade from
--- 0.1, where the engine owned some of them, keeps the owner through CREATE OR REPLACE.
-alter function usersync._check_dependencies(boolean) owner to current_user;
-alter function usersync._on_sql_drop() owner to current_user;
-alter function usersync._on_ddl_end() owner to current_user;
-alter function usersync._on_ddl_start() owner to current_user;
-alter function usersync._on_table_rewrite() owner to current_user;
-alter function usersync._on_engine_ddl() owner to current_user;
-alter function usersync._check_rewrite(text) owner to current_user;
+-- The static functions the engine owns (besides each pair's generated ones).
+create or replace function usersync._engine_functions()
+returns pg_catalog.regprocedure[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select array['usersync._check_mapping_row()',
+           'usersync._mapping_changed()',
+           'usersync.default_field_mapping(text)',
+           'usersync.reset_field_mapping(text)',
+           'usersync._generate(text)',
+           'usersync._diagnose(text, text)',
+           'usersync._explain_failure(text, text[])',
+           'usersync._field_fits(text, text[], text, text)',
+           'usersync._sync_users(text, text[])',
+           'usersync.sync_users(anycompatiblearray, text)',
+           'usersync.sync_users(text)',
+           'usersync.resync_step(integer, text)',
+           'usersync._set_sync_source(text, text, text)',
+           'usersync.set_sync_source(anycompatible, text, text)',
+           'usersync.preview_resync(integer, text)',
+           'usersync.doctor(text)']::pg_catalog.regprocedure[]
+$$;
+
+-- Who owns what (docs/sql-api.md, "Ownership"), set by the install and again by usersync.repair()
+-- (a restore with --no-owner, by a role that is not a superuser, leaves every function to the
+-- restoring role: docs/install.md).
+create or replace function usersync._set_owners()
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    f record;
+begin
+    -- The engine: owns every function that writes, so that current_user inside them is
+    -- usersync_engine, which is what the guards recognise; the generated ones included.
+    for f in select p.oid::pg_catalog.regprocedure as fn
+               from pg_catalog.pg_proc p
+              where p.pronamespace = 'usersync'::pg_catalog.regnamespace
+                and p.proowner <> 'usersync_engine'::pg_catalog.regrole
+                and (p.proname ~ '^_g[0-9]+_'
+                     or p.oid = any(usersync._engine_functions())) loop
+        execute pg_catalog.format('alter function %s owner to usersync_engine', f.fn);
+    end loop;
+    -- Functions that run as their caller, event-trigger functions above all, belong to the
+    -- installing role and never to the engine (60_ddl_guard.sql explains why). Named here because
+    -- an upgrade from 0.1, where the engine owned them, keeps the owner through CREATE OR REPLACE.
+    for f in select p.oid::pg_catalog.regprocedure as fn
+               from pg_catalog.pg_proc p
+              where p.proowner = 'usersync_engine'::pg_catalog.regrole
+                and p.oid in ('usersync._check_dependencies(boolean)'::pg_catalog.regprocedure,
+                              'usersync._on_sql_drop()'::pg_catalog.regprocedure,
+                              'usersync._on_ddl_end()'::pg_catalog.regprocedure,
+                              'usersync._on_ddl_start()'::pg_catalog.regprocedure,
+                              'usersync._on_table_rewrite()'::pg_catalog.regprocedure,
+                              'usersync._on_engine_ddl()'::pg_catalog.regprocedure,
+                              'usersync._check_rewrite(text)'::pg_catalog.regprocedure) loop
+        execute pg_catalog.format('alter function %s owner to %I', f.fn, current_user);
+    end loop;
+end
+$$;
+do $$ begin perform usersync._set_owners(); end $$;
 
 grant select on usersync.attachments, usersync.settings, usersync.field_mapping, usersync.mapping_state,
                 usersync.modules to usersync_engine;
