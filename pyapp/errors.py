@@ -112,6 +112,13 @@ class UnknownPair(UsersyncError):
         return self.message == "no pair attached"
 
 
+class RepairNotPermitted(UsersyncError):
+    """usersync.repair() runs as its caller, who must be the role that installed usersync (it
+    creates triggers on the pairs' tables): another role is refused with 42501."""
+
+    sqlstate = "42501"
+
+
 class ValueDoesNotFit(UsersyncError):
     """A value its target column cannot hold (class 22/23), with user, contact and field named."""
 

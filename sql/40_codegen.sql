@@ -459,6 +459,7 @@ declare
     vars jsonb;
     tpl text;
     fn text;
+    new boolean;
 begin
     -- New contacts get their key before they are inserted, so that one set-based INSERT can
     -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
@@ -546,8 +547,12 @@ begin
         if a.switch_column is null then
             tpl := pg_catalog.regexp_replace(tpl, '\m[a-z]+\.@SW@', 'true', 'g');
         end if;
+        fn := usersync._gen_subst(fn, vars);
+        new := pg_catalog.to_regprocedure('usersync.' || fn) is null;
         execute usersync._gen_fill(tpl, vars);
-        execute pg_catalog.format('revoke all on function usersync.%s from public', usersync._gen_subst(fn, vars));
+        if new then  -- (a replaced function keeps its privileges)
+            execute pg_catalog.format('revoke all on function usersync.%s from public', fn);
+        end if;
     end loop;
     update usersync.mapping_state s set field_types = usersync._mapped_field_types(a.pair) where s.pair = a.pair;
 end

@@ -23,8 +23,10 @@ returns jsonb language sql stable set search_path = pg_catalog, pg_temp as $$
      where m.pair = p_pair
 $$;
 
--- Runs as the installing role, inside the DDL guard's event triggers.
-create or replace function usersync._check_dependencies(p_missing_triggers_allowed boolean default false)
+-- Runs as the installing role, inside the DDL guard's event triggers: the pairs given (NULL:
+-- every pair), so that a command on one pair's tables costs the same with one pair or a thousand.
+create or replace function usersync._check_dependencies(p_missing_triggers_allowed boolean default false,
+                                                        p_pairs text[] default null)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -36,7 +38,8 @@ declare
     t record;
 begin
     for m in select mo.pair, mo.pair_id, mo.module, mo.relation, mo.key_column, mo.switch_column
-               from usersync.modules mo order by mo.pair_id, mo.module loop
+               from usersync.modules mo where p_pairs is null or mo.pair = any(p_pairs)
+              order by mo.pair_id, mo.module loop
         for t in select c.col from (values (m.key_column), (m.switch_column)) c(col)
                   where c.col is not null
                     and not exists (select from pg_catalog.pg_attribute a
@@ -121,6 +124,7 @@ begin
     end loop;
     for m in select fm.pair, fm.user_field, fm.contact_field, s.field_types as recorded
                from usersync.field_mapping fm join usersync.mapping_state s on s.pair = fm.pair
+              where p_pairs is null or fm.pair = any(p_pairs)
               order by 1, 2 loop
         for t in select x.module, x.field from (values ('users', m.user_field), ('contacts', m.contact_field)) x(module, field)
                   where usersync._field_type(m.pair, x.module, x.field)
@@ -200,11 +204,22 @@ begin
     -- Triggers (recognised by the function they call, whatever their name; a superuser may drop
     -- one: usersync._on_ddl_start recorded who issued the DROP), and indexes or constraints (a
     -- key's uniqueness may go with a spare unique index): check what is left.
+    -- (the pairs of the table a trigger, constraint or policy was on; an index names no table:
+    -- every pair then)
     if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
                 where d.object_type in ('trigger', 'index', 'table constraint', 'policy')) then
         perform usersync._check_dependencies(
             p_missing_triggers_allowed => coalesce(pg_catalog.current_setting('usersync.ddl_by_superuser', true), '')
-                                          = 'true');
+                                          = 'true',
+            p_pairs => case when exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
+                                          where d.object_type = 'index') then null
+                            else array(select distinct mo.pair
+                                         from pg_catalog.pg_event_trigger_dropped_objects() d
+                                         join usersync.modules mo
+                                           on mo.relation = pg_catalog.to_regclass(
+                                                  pg_catalog.quote_ident(d.address_names[1]) || '.'
+                                                  || pg_catalog.quote_ident(d.address_names[2]))
+                                        where d.object_type in ('trigger', 'table constraint', 'policy')) end);
     end if;
 end
 $$;
@@ -272,10 +287,18 @@ declare
     p text;
     id integer;
 begin
+    -- Functions created or replaced (the generator's, above all) concern no pair.
+    if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
+                    where c.classid <> 'pg_catalog.pg_proc'::pg_catalog.regclass) then
+        return;
+    end if;
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
     if exists (select from pg_catalog.pg_inherits i join usersync.modules mo on mo.relation in (i.inhrelid, i.inhparent)) then
-        perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+        perform usersync._check_dependencies(p_missing_triggers_allowed => true,
+                                             p_pairs => array(select mo.pair from pg_catalog.pg_inherits i
+                                                                join usersync.modules mo
+                                                                  on mo.relation in (i.inhrelid, i.inhparent)));
     end if;
     -- The pairs a command concerns: on one of their tables, on an index, trigger, rule or policy
     -- of one, on its schema, or on the type of one of its columns.
@@ -309,9 +332,16 @@ begin
     select array(select distinct d.relation from done d) into rewritten;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
     -- triggers are being created, possibly one by one by usersync.attach().
-    perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+    perform usersync._check_dependencies(p_missing_triggers_allowed => true, p_pairs => concerned);
     perform usersync._lock_config_exclusive();
     foreach p in array concerned loop
+        -- The engine's own triggers being created (attach, repair) change nothing it generates.
+        continue when not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
+                                   where not (c.command_tag = 'CREATE TRIGGER'
+                                              and exists (select from pg_catalog.pg_trigger tg
+                                                            join pg_catalog.pg_proc f on f.oid = tg.tgfoid
+                                                           where tg.oid = c.objid
+                                                             and f.pronamespace = 'usersync'::pg_catalog.regnamespace)));
         perform usersync._generate(p);
         -- A foreign key that restricts deleting a user was added to an attached pair: its
         -- users need the trigger that deletes their contacts first (not while attach is still

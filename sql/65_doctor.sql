@@ -79,11 +79,17 @@ begin
             '\_g' || a.id || '\_%');
         execute code_query into before_code;
         begin
+            -- (beside a mapping change, not across it; on a standby or in a read-only transaction
+            -- the comparison cannot be made and is skipped)
+            lock table usersync.config_lock in share mode;
             perform usersync._generate(a.pair);
             execute code_query into after_code;
             raise sqlstate 'USX00';
-        exception when sqlstate 'USX00' then
-            null;
+        exception
+            when sqlstate 'USX00' then
+                null;
+            when read_only_sql_transaction then
+                after_code := before_code;
         end;
         if before_code is distinct from after_code then
             return query select a.pair, 'its generated code does not match its tables and mapping as they are now'::text,

@@ -86,7 +86,7 @@ begin
     for f in select p.oid::pg_catalog.regprocedure as fn
                from pg_catalog.pg_proc p
               where p.proowner = 'usersync_engine'::pg_catalog.regrole
-                and p.oid in ('usersync._check_dependencies(boolean)'::pg_catalog.regprocedure,
+                and p.oid in ('usersync._check_dependencies(boolean, text[])'::pg_catalog.regprocedure,
                               'usersync._on_sql_drop()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_end()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_start()'::pg_catalog.regprocedure,

@@ -108,11 +108,12 @@ def test_resync_reports_synced_unchanged_failed_and_dry_run_changes_nothing(run,
     assert {"field": "short_title", "to": "Dr"}.items() <= preview["changes"][1].items()
     assert one(conn, "select count(*) from contacts where short_title is not null") == 0
     assert "would change" in run("resync", "--dry-run").stdout
-    report = as_json(run("resync", "--batch-size", "3", "--json"))
+    report = as_json(run("resync", "--batch-size", "3", "--json", code=3))  # 3: pairs failed
     assert (report["synced"], report["failed"], report["done"]) == (6, 1, True)
     assert report["failures"][0]["sqlstate"] == "22001"
-    text = run("resync", "--batch-size", "3").stdout
-    assert "batch 1:" in text and "1 failed" in text and "value too long" in text
+    result = run("resync", "--batch-size", "3", code=3)
+    assert "batch 1:" in result.stdout and "1 failed" in result.stdout and "value too long" in result.stdout
+    assert "1 pair failed" in result.stderr and "exit code 3" in result.stderr
 
 
 def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_continues(run, conn, monkeypatch):

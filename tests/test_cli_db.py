@@ -133,13 +133,25 @@ def test_every_command_on_a_database_without_usersync_says_it_is_not_installed(n
         assert result.exit_code == 1 and "usersync is not installed" in result.stderr, (args, result.output)
 
 
-def test_db_upgrade_as_a_non_superuser_says_a_superuser_is_needed(pg_server: harness.Server, new_database):
+def test_db_upgrade_as_a_role_without_createrole_says_what_is_needed(pg_server: harness.Server, new_database):
     dbname = psycopg.conninfo.conninfo_to_dict(new_database().conninfo)["dbname"]
     url = pg_server.conninfo(dbname, user=harness.OWNER_ROLE, password=harness.ROLE_PASSWORD)
     result = runner.invoke(cli.app, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 1, result.output
-    assert "needs a superuser" in result.stderr and "roles" in result.stderr and "event triggers" in result.stderr
+    assert "needs a superuser, or the database owner with CREATEROLE" in result.stderr and "roles" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_db_upgrade_as_the_database_owner_with_createrole_installs_and_says_the_guard_is_off(
+        pg_server: harness.Server, new_database):
+    dbname = psycopg.conninfo.conninfo_to_dict(new_database().conninfo)["dbname"]
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as su:
+        su.execute(f"alter database {dbname} owner to {harness.INSTALLER_ROLE}")
+        su.execute(f"grant usersync_engine, usersync_admin to {harness.INSTALLER_ROLE} with admin option")
+    url = pg_server.conninfo(dbname, user=harness.INSTALLER_ROLE, password=harness.ROLE_PASSWORD)
+    result = runner.invoke(cli.app, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "installed without the DDL guard" in result.stderr
 
 
 def test_an_unknown_revision_is_named_and_the_known_ones_listed(new_database):

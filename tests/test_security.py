@@ -77,7 +77,7 @@ def test_the_engine_cannot_make_its_code_run_as_its_caller(conn, statement):
 
 
 @pytest.mark.parametrize("function", ["usersync._on_ddl_end()", "usersync._on_sql_drop()",
-                                      "usersync._on_engine_ddl()", "usersync._check_dependencies(boolean)"])
+                                      "usersync._on_engine_ddl()", "usersync._check_dependencies(boolean, text[])"])
 def test_the_engine_cannot_replace_what_runs_as_another_role(conn, function):
     conn.execute("begin")
     conn.execute("set local role usersync_engine")

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "906fb0618dcf3dc71ca16613c5af7646c056ed6d0ab01d9aa6c5a52884cdec47"
+SHA256 = "6658b097d334f3417a77d6c68844e07fa35628f2fcb6f5574f96079e1506424a"
 
 
 def upgrade() -> None:

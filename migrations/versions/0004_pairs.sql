@@ -1839,6 +1839,7 @@ declare
     vars jsonb;
     tpl text;
     fn text;
+    new boolean;
 begin
     -- New contacts get their key before they are inserted, so that one set-based INSERT can
     -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
@@ -1926,8 +1927,12 @@ begin
         if a.switch_column is null then
             tpl := pg_catalog.regexp_replace(tpl, '\m[a-z]+\.@SW@', 'true', 'g');
         end if;
+        fn := usersync._gen_subst(fn, vars);
+        new := pg_catalog.to_regprocedure('usersync.' || fn) is null;
         execute usersync._gen_fill(tpl, vars);
-        execute pg_catalog.format('revoke all on function usersync.%s from public', usersync._gen_subst(fn, vars));
+        if new then  -- (a replaced function keeps its privileges)
+            execute pg_catalog.format('revoke all on function usersync.%s from public', fn);
+        end if;
     end loop;
     update usersync.mapping_state s set field_types = usersync._mapped_field_types(a.pair) where s.pair = a.pair;
 end
@@ -3513,8 +3518,10 @@ returns jsonb language sql stable set search_path = pg_catalog, pg_temp as $$
      where m.pair = p_pair
 $$;
 
--- Runs as the installing role, inside the DDL guard's event triggers.
-create or replace function usersync._check_dependencies(p_missing_triggers_allowed boolean default false)
+-- Runs as the installing role, inside the DDL guard's event triggers: the pairs given (NULL:
+-- every pair), so that a command on one pair's tables costs the same with one pair or a thousand.
+create or replace function usersync._check_dependencies(p_missing_triggers_allowed boolean default false,
+                                                        p_pairs text[] default null)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -3526,7 +3533,8 @@ declare
     t record;
 begin
     for m in select mo.pair, mo.pair_id, mo.module, mo.relation, mo.key_column, mo.switch_column
-               from usersync.modules mo order by mo.pair_id, mo.module loop
+               from usersync.modules mo where p_pairs is null or mo.pair = any(p_pairs)
+              order by mo.pair_id, mo.module loop
         for t in select c.col from (values (m.key_column), (m.switch_column)) c(col)
                   where c.col is not null
                     and not exists (select from pg_catalog.pg_attribute a
@@ -3611,6 +3619,7 @@ begin
     end loop;
     for m in select fm.pair, fm.user_field, fm.contact_field, s.field_types as recorded
                from usersync.field_mapping fm join usersync.mapping_state s on s.pair = fm.pair
+              where p_pairs is null or fm.pair = any(p_pairs)
               order by 1, 2 loop
         for t in select x.module, x.field from (values ('users', m.user_field), ('contacts', m.contact_field)) x(module, field)
                   where usersync._field_type(m.pair, x.module, x.field)
@@ -3690,11 +3699,22 @@ begin
     -- Triggers (recognised by the function they call, whatever their name; a superuser may drop
     -- one: usersync._on_ddl_start recorded who issued the DROP), and indexes or constraints (a
     -- key's uniqueness may go with a spare unique index): check what is left.
+    -- (the pairs of the table a trigger, constraint or policy was on; an index names no table:
+    -- every pair then)
     if exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
                 where d.object_type in ('trigger', 'index', 'table constraint', 'policy')) then
         perform usersync._check_dependencies(
             p_missing_triggers_allowed => coalesce(pg_catalog.current_setting('usersync.ddl_by_superuser', true), '')
-                                          = 'true');
+                                          = 'true',
+            p_pairs => case when exists (select from pg_catalog.pg_event_trigger_dropped_objects() d
+                                          where d.object_type = 'index') then null
+                            else array(select distinct mo.pair
+                                         from pg_catalog.pg_event_trigger_dropped_objects() d
+                                         join usersync.modules mo
+                                           on mo.relation = pg_catalog.to_regclass(
+                                                  pg_catalog.quote_ident(d.address_names[1]) || '.'
+                                                  || pg_catalog.quote_ident(d.address_names[2]))
+                                        where d.object_type in ('trigger', 'table constraint', 'policy')) end);
     end if;
 end
 $$;
@@ -3762,10 +3782,18 @@ declare
     p text;
     id integer;
 begin
+    -- Functions created or replaced (the generator's, above all) concern no pair.
+    if not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
+                    where c.classid <> 'pg_catalog.pg_proc'::pg_catalog.regclass) then
+        return;
+    end if;
     -- Any table joining an inheritance or partition tree with a module (ATTACH PARTITION and
     -- INHERIT name the parent, which is not a module).
     if exists (select from pg_catalog.pg_inherits i join usersync.modules mo on mo.relation in (i.inhrelid, i.inhparent)) then
-        perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+        perform usersync._check_dependencies(p_missing_triggers_allowed => true,
+                                             p_pairs => array(select mo.pair from pg_catalog.pg_inherits i
+                                                                join usersync.modules mo
+                                                                  on mo.relation in (i.inhrelid, i.inhparent)));
     end if;
     -- The pairs a command concerns: on one of their tables, on an index, trigger, rule or policy
     -- of one, on its schema, or on the type of one of its columns.
@@ -3799,9 +3827,16 @@ begin
     select array(select distinct d.relation from done d) into rewritten;
     -- A missing engine trigger is the drop guard's business (a superuser may drop one); here
     -- triggers are being created, possibly one by one by usersync.attach().
-    perform usersync._check_dependencies(p_missing_triggers_allowed => true);
+    perform usersync._check_dependencies(p_missing_triggers_allowed => true, p_pairs => concerned);
     perform usersync._lock_config_exclusive();
     foreach p in array concerned loop
+        -- The engine's own triggers being created (attach, repair) change nothing it generates.
+        continue when not exists (select from pg_catalog.pg_event_trigger_ddl_commands() c
+                                   where not (c.command_tag = 'CREATE TRIGGER'
+                                              and exists (select from pg_catalog.pg_trigger tg
+                                                            join pg_catalog.pg_proc f on f.oid = tg.tgfoid
+                                                           where tg.oid = c.objid
+                                                             and f.pronamespace = 'usersync'::pg_catalog.regnamespace)));
         perform usersync._generate(p);
         -- A foreign key that restricts deleting a user was added to an attached pair: its
         -- users need the trigger that deletes their contacts first (not while attach is still
@@ -3996,11 +4031,17 @@ begin
             '\_g' || a.id || '\_%');
         execute code_query into before_code;
         begin
+            -- (beside a mapping change, not across it; on a standby or in a read-only transaction
+            -- the comparison cannot be made and is skipped)
+            lock table usersync.config_lock in share mode;
             perform usersync._generate(a.pair);
             execute code_query into after_code;
             raise sqlstate 'USX00';
-        exception when sqlstate 'USX00' then
-            null;
+        exception
+            when sqlstate 'USX00' then
+                null;
+            when read_only_sql_transaction then
+                after_code := before_code;
         end;
         if before_code is distinct from after_code then
             return query select a.pair, 'its generated code does not match its tables and mapping as they are now'::text,
@@ -4234,7 +4275,7 @@ begin
     for f in select p.oid::pg_catalog.regprocedure as fn
                from pg_catalog.pg_proc p
               where p.proowner = 'usersync_engine'::pg_catalog.regrole
-                and p.oid in ('usersync._check_dependencies(boolean)'::pg_catalog.regprocedure,
+                and p.oid in ('usersync._check_dependencies(boolean, text[])'::pg_catalog.regprocedure,
                               'usersync._on_sql_drop()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_end()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_start()'::pg_catalog.regprocedure,
