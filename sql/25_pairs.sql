@@ -271,6 +271,34 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                         where d.contact_field = c.field)
 $$;
 
+-- The rows attach and its preview count: users it would synchronize, contacts a shared key links,
+-- and of those, contacts with values in the given (unmapped) fields. Read as the caller of
+-- attach (the engine has no privilege on tables not attached yet), so code of the tables' owner
+-- that reading runs (an index predicate, a policy) runs as that caller: docs/install.md says to
+-- attach a distrusted owner's tables only after reviewing their code.
+create or replace function usersync._attach_counts(p_users regclass, p_contacts regclass, p_user_key name,
+                                                   p_contact_key name, p_switch name, p_shared_key boolean,
+                                                   p_unmapped text[],
+                                                   out to_sync bigint, out to_link bigint, out would_empty bigint)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    sw text := coalesce('u.' || pg_catalog.quote_ident(p_switch), 'true');
+    filled text := (select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f), ' or ')
+                      from pg_catalog.unnest(p_unmapped) f);
+begin
+    execute pg_catalog.format('select count(*) from %s u where %s', p_users, sw) into to_sync;
+    to_link := 0;
+    would_empty := 0;
+    if p_shared_key then
+        execute pg_catalog.format('select count(*), count(*) filter (where %s) from %s u join %s c on c.%I = u.%I where %s',
+                                  coalesce(filled, 'false'), p_users, p_contacts, p_contact_key, p_user_key, sw)
+           into to_link, would_empty;
+    end if;
+end
+$$;
+
 create or replace function usersync.attach_preview(users regclass, contacts regclass, switch_column name default null,
                                                    shared_key boolean default false, pair text default null)
 returns table (pair_name text, user_key name, contact_key name, users_to_sync bigint, contacts_to_create bigint,
@@ -280,14 +308,8 @@ declare
     c record;
 begin
     select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach_preview.pair);
-    execute pg_catalog.format('select count(*) from %s u where %s', users,
-                              coalesce(pg_catalog.quote_ident(switch_column), 'true')) into users_to_sync;
-    contacts_to_link := 0;
-    if shared_key then
-        execute pg_catalog.format('select count(*) from %s u join %s c on c.%I = u.%I where %s',
-                                  users, contacts, c.contact_key, c.user_key,
-                                  coalesce('u.' || pg_catalog.quote_ident(switch_column), 'true')) into contacts_to_link;
-    end if;
+    select x.to_sync, x.to_link into users_to_sync, contacts_to_link
+      from usersync._attach_counts(users, contacts, c.user_key, c.contact_key, switch_column, shared_key, '{}') x;
     contacts_to_create := users_to_sync - contacts_to_link;
     return query
     select c.pair, c.user_key, c.contact_key, users_to_sync, contacts_to_create, contacts_to_link,
@@ -404,8 +426,9 @@ declare
     w text;
     n bigint;
 begin
-    select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach.pair);
+    -- The lock first: a reversal checks for other pairs of its users table under it too.
     perform usersync._lock_config_exclusive();
+    select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach.pair);
     insert into usersync.attachments (pair, users, contacts, user_key, contact_key, switch_column, shared_key)
     values (c.pair, users, contacts, c.user_key, c.contact_key, switch_column, shared_key)
     returning * into a;
@@ -453,12 +476,11 @@ begin
     -- then follow the user, and their unmapped fields are emptied (the article's rule). Refused
     -- where that would empty a value: attaching must not lose application data.
     if a.shared_key then
-        select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ') into w
-          from usersync._gen_contact_fields(a.pair) f where f.user_field is null;
-        if w is not null then
-            execute pg_catalog.format('select count(*) from %s u join %s c on c.%I = u.%I where %s and (%s)',
-                                      a.users, a.contacts, a.contact_key, a.user_key,
-                                      coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true'), w) into n;
+        select x.would_empty into n
+          from usersync._attach_counts(a.users, a.contacts, a.user_key, a.contact_key, a.switch_column, true,
+                                       array(select f.field from usersync._gen_contact_fields(a.pair) f
+                                              where f.user_field is null)) x;
+        begin
             if n > 0 then
                 raise exception using errcode = 'US010',
                     message = pg_catalog.format('cannot attach %s -> %s: %s existing contact(s) have values in fields no '
@@ -467,7 +489,7 @@ begin
                     hint = pg_catalog.format('Attach, then map those fields (usersync.field_mapping, pair %L), in one '
                                              'transaction; or give them defaults and NOT NULL.', a.pair);
             end if;
-        end if;
+        end;
     end if;
     -- A contact field no sync can fill would make the first sync below fail, with a hint about a
     -- pair that the failure rolls back: refused here, with what to do instead.
@@ -477,8 +499,8 @@ begin
      where f.user_field is null and m.not_null and not m.has_default
      order by m.position limit 1;
     if found then
-        execute pg_catalog.format('select count(*) from %s u where %s', a.users,
-                                  coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true')) into n;
+        select x.to_sync into n
+          from usersync._attach_counts(a.users, a.contacts, a.user_key, a.contact_key, a.switch_column, false, '{}') x;
         if n > 0 then
             raise exception using errcode = 'US010',
                 message = pg_catalog.format('cannot attach %s -> %s: contact field %I is NOT NULL, has no default and '
@@ -503,7 +525,7 @@ comment on function usersync.attach(regclass, regclass, name, boolean, text) is
 create or replace function usersync.detach(pair text)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 as $$
 declare
     a usersync.attachments;

@@ -275,7 +275,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- The columns of a pair's two tables, as far as the generated code depends on them: names,
--- types, NOT NULL, defaults, generated or dropped. Where the DDL guard is off (installed without
+-- types, NOT NULL, defaults, generated or dropped; and their rules. Where the DDL guard is off (installed without
 -- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
 -- so the generated code compares this with what it was generated for on every call, and fails
 -- rather than write the wrong columns.
@@ -283,7 +283,9 @@ create or replace function usersync._shape(p_users regclass, p_contacts regclass
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select pg_catalog.md5(pg_catalog.string_agg(
                pg_catalog.concat_ws('|', a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
-                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum))
+                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum)
+               -- and rules (which the guard would refuse: one could swallow the engine's writes)
+               || (select pg_catalog.count(*) from pg_catalog.pg_rewrite r where r.ev_class in (p_users, p_contacts))::text)
       from pg_catalog.pg_attribute a
      where a.attrelid in (p_users, p_contacts) and a.attnum > 0
 $$;
@@ -301,7 +303,7 @@ $$;
 
 -- Is the DDL guard on? (its event triggers exist and are enabled)
 create or replace function usersync._guard_on()
-returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+returns boolean language sql stable set search_path = pg_catalog, pg_temp set standard_conforming_strings = on as $$
     select pg_catalog.count(*) = 5
       from pg_catalog.pg_event_trigger e
      where e.evtname like 'usersync\_guard\_%' and e.evtenabled <> 'D'
@@ -348,7 +350,7 @@ $$;
 -- is only ever made for small sizes; bulk ones are planned afresh with their real sizes.
 -- Markers are read from the template (rule 2); each piece is then filled (rule 1).
 create or replace function usersync._gen_body(p_body text, p_vars jsonb)
-returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp set standard_conforming_strings = on as $$
 declare
     result text := '';
     head_at integer;
@@ -445,7 +447,7 @@ create or replace function usersync._generate(p_pair text)
 returns void
 language plpgsql
 security definer
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 set quote_all_identifiers = off  -- the generated text and the SET clauses it records stay canonical
 set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 as $gen$

@@ -273,6 +273,8 @@ begin
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
     end if;
     perform usersync._user_ids(a, array[p_user_id]);  -- a valid key of the pair, or US006
+    -- (before the check below: an attach of a second pair checks for reversed pairs under it)
+    lock table usersync.config_lock in share mode;
     -- The engine's writes to a users table skip every pair's triggers: a contact that wrote its
     -- user would leave the user's other contacts behind. So a users table feeding several pairs
     -- is the source of all of them.
@@ -287,7 +289,6 @@ begin
                 hint = 'Reverse pairs only where the users table feeds one pair.';
         end if;
     end if;
-    lock table usersync.config_lock in share mode;
     -- Lock the pair source first (as every writer does), then re-read: the direction may have
     -- changed while this waited.
     loop

@@ -248,9 +248,13 @@ $$;
 
 -- After a module table was rewritten: its keys and switches must still match the links (else
 -- refused). Mapped values may have changed too: usersync._on_ddl_end then syncs every pair.
+-- It reads the application's tables, so it runs as the engine (SECURITY DEFINER): as the
+-- installer, an index predicate or a policy of the tables' owner would run as the installer (a
+-- superuser), which the owner could set off with DDL on its own table.
 create or replace function usersync._check_rewrite(p_pair text)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare

@@ -17,7 +17,7 @@ create or replace function usersync.doctor(pair text default null)
 returns table (pair_name text, problem text, repair text)
 language plpgsql
 security definer
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 set jit = off  -- catalog queries
 as $$
 declare
@@ -45,10 +45,16 @@ begin
                             'columns on every write)'::text;
     end loop;
     -- Functions that must run as the engine (a restore with --no-owner gives them to the restorer).
-    for t in select f.fn from pg_catalog.unnest(usersync._engine_functions()) f(fn)
+    for t in select f.fn, p.proowner = 'usersync_engine'::pg_catalog.regrole as owned
+               from pg_catalog.unnest(usersync._engine_functions()) f(fn)
                join pg_catalog.pg_proc p on p.oid = f.fn
-              where p.proowner <> 'usersync_engine'::pg_catalog.regrole loop
-        return query select null::text, pg_catalog.format('function %s is not owned by usersync_engine', t.fn),
+              where p.proowner <> 'usersync_engine'::pg_catalog.regrole or not p.prosecdef
+                 or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false) loop
+        return query select null::text,
+                            case when t.owned
+                                 then pg_catalog.format('function %s no longer runs as usersync_engine with its pinned '
+                                                        'search_path', t.fn)
+                                 else pg_catalog.format('function %s is not owned by usersync_engine', t.fn) end,
                             'usersync repair'::text;
     end loop;
     for a in select * from usersync.attachments x
@@ -66,7 +72,8 @@ begin
                    from usersync._templates() x loop
             if not exists (select from pg_catalog.pg_proc p
                             where p.oid = pg_catalog.to_regprocedure('usersync.' || t.fn) and p.prosecdef
-                              and p.proowner = 'usersync_engine'::pg_catalog.regrole) then
+                              and p.proowner = 'usersync_engine'::pg_catalog.regrole
+                              and 'search_path=pg_catalog, pg_temp' = any(p.proconfig)) then
                 return query select a.pair, pg_catalog.format('generated function usersync.%s is missing or altered', t.fn),
                                     'usersync repair'::text;
             end if;
@@ -89,6 +96,8 @@ begin
             when sqlstate 'USX00' then
                 null;
             when read_only_sql_transaction then
+                return query select a.pair, 'its generated code could not be compared here (a read-only transaction '
+                                            'or a standby)'::text, 'usersync doctor on the primary'::text;
                 after_code := before_code;
         end;
         if before_code is distinct from after_code then
@@ -156,6 +165,9 @@ declare
     t record;
     n bigint;
 begin
+    -- Before calling any function of the engine: each runs as the engine again (code running as
+    -- the engine could have made one run as its caller, and this may run as a superuser).
+    perform usersync._set_owners();
     if exists (select from usersync.doctor() d where d.pair_name is null and d.problem like '%event trigger%') then
         if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
             perform usersync._install_event_triggers();
@@ -165,7 +177,6 @@ begin
         end if;
     end if;
     perform usersync._lock_config_exclusive();
-    perform usersync._set_owners();  -- (a restore with --no-owner gave every function to the restoring role)
     for a in select * from usersync.attachments x
               where repair.pair is null or x.pair = (usersync._pair(repair.pair)).pair order by x.id loop
         if not exists (select from usersync.doctor(a.pair)) then

@@ -56,7 +56,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
            'usersync._set_sync_source(text, text, text)',
            'usersync.set_sync_source(anycompatible, text, text)',
            'usersync.preview_resync(integer, text)',
-           'usersync.doctor(text)']::pg_catalog.regprocedure[]
+           'usersync.doctor(text)',
+           'usersync._check_rewrite(text)']::pg_catalog.regprocedure[]
 $$;
 
 -- Who owns what (docs/sql-api.md, "Ownership"), set by the install and again by usersync.repair()
@@ -72,13 +73,18 @@ declare
 begin
     -- The engine: owns every function that writes, so that current_user inside them is
     -- usersync_engine, which is what the guards recognise; the generated ones included.
-    for f in select p.oid::pg_catalog.regprocedure as fn
+    for f in select p.oid::pg_catalog.regprocedure as fn, p.proowner = 'usersync_engine'::pg_catalog.regrole as owned
                from pg_catalog.pg_proc p
               where p.pronamespace = 'usersync'::pg_catalog.regnamespace
-                and p.proowner <> 'usersync_engine'::pg_catalog.regrole
-                and (p.proname ~ '^_g[0-9]+_'
-                     or p.oid = any(usersync._engine_functions())) loop
-        execute pg_catalog.format('alter function %s owner to usersync_engine', f.fn);
+                and (p.proname ~ '^_g[0-9]+_' or p.oid = any(usersync._engine_functions()))
+                and (p.proowner <> 'usersync_engine'::pg_catalog.regrole or not p.prosecdef
+                     or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)) loop
+        -- (and SECURITY DEFINER with the pinned path: code running as the engine could have
+        -- changed that where the DDL guard is off, and repair may run as a superuser)
+        execute pg_catalog.format('alter function %s security definer set search_path = pg_catalog, pg_temp', f.fn);
+        if not f.owned then
+            execute pg_catalog.format('alter function %s owner to usersync_engine', f.fn);
+        end if;
     end loop;
     -- Functions that run as their caller, event-trigger functions above all, belong to the
     -- installing role and never to the engine (60_ddl_guard.sql explains why). Named here because
@@ -91,8 +97,7 @@ begin
                               'usersync._on_ddl_end()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_start()'::pg_catalog.regprocedure,
                               'usersync._on_table_rewrite()'::pg_catalog.regprocedure,
-                              'usersync._on_engine_ddl()'::pg_catalog.regprocedure,
-                              'usersync._check_rewrite(text)'::pg_catalog.regprocedure) loop
+                              'usersync._on_engine_ddl()'::pg_catalog.regprocedure) loop
         execute pg_catalog.format('alter function %s owner to %I', f.fn, current_user);
     end loop;
 end

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "6658b097d334f3417a77d6c68844e07fa35628f2fcb6f5574f96079e1506424a"
+SHA256 = "7bd808e1b63963245d77c959c5b335827680e47a16abebaf431a9b21e64c7e19"
 
 
 def upgrade() -> None:

@@ -651,6 +651,34 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                         where d.contact_field = c.field)
 $$;
 
+-- The rows attach and its preview count: users it would synchronize, contacts a shared key links,
+-- and of those, contacts with values in the given (unmapped) fields. Read as the caller of
+-- attach (the engine has no privilege on tables not attached yet), so code of the tables' owner
+-- that reading runs (an index predicate, a policy) runs as that caller: docs/install.md says to
+-- attach a distrusted owner's tables only after reviewing their code.
+create or replace function usersync._attach_counts(p_users regclass, p_contacts regclass, p_user_key name,
+                                                   p_contact_key name, p_switch name, p_shared_key boolean,
+                                                   p_unmapped text[],
+                                                   out to_sync bigint, out to_link bigint, out would_empty bigint)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    sw text := coalesce('u.' || pg_catalog.quote_ident(p_switch), 'true');
+    filled text := (select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f), ' or ')
+                      from pg_catalog.unnest(p_unmapped) f);
+begin
+    execute pg_catalog.format('select count(*) from %s u where %s', p_users, sw) into to_sync;
+    to_link := 0;
+    would_empty := 0;
+    if p_shared_key then
+        execute pg_catalog.format('select count(*), count(*) filter (where %s) from %s u join %s c on c.%I = u.%I where %s',
+                                  coalesce(filled, 'false'), p_users, p_contacts, p_contact_key, p_user_key, sw)
+           into to_link, would_empty;
+    end if;
+end
+$$;
+
 create or replace function usersync.attach_preview(users regclass, contacts regclass, switch_column name default null,
                                                    shared_key boolean default false, pair text default null)
 returns table (pair_name text, user_key name, contact_key name, users_to_sync bigint, contacts_to_create bigint,
@@ -660,14 +688,8 @@ declare
     c record;
 begin
     select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach_preview.pair);
-    execute pg_catalog.format('select count(*) from %s u where %s', users,
-                              coalesce(pg_catalog.quote_ident(switch_column), 'true')) into users_to_sync;
-    contacts_to_link := 0;
-    if shared_key then
-        execute pg_catalog.format('select count(*) from %s u join %s c on c.%I = u.%I where %s',
-                                  users, contacts, c.contact_key, c.user_key,
-                                  coalesce('u.' || pg_catalog.quote_ident(switch_column), 'true')) into contacts_to_link;
-    end if;
+    select x.to_sync, x.to_link into users_to_sync, contacts_to_link
+      from usersync._attach_counts(users, contacts, c.user_key, c.contact_key, switch_column, shared_key, '{}') x;
     contacts_to_create := users_to_sync - contacts_to_link;
     return query
     select c.pair, c.user_key, c.contact_key, users_to_sync, contacts_to_create, contacts_to_link,
@@ -784,8 +806,9 @@ declare
     w text;
     n bigint;
 begin
-    select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach.pair);
+    -- The lock first: a reversal checks for other pairs of its users table under it too.
     perform usersync._lock_config_exclusive();
+    select * into c from usersync._attach_check(users, contacts, switch_column, shared_key, attach.pair);
     insert into usersync.attachments (pair, users, contacts, user_key, contact_key, switch_column, shared_key)
     values (c.pair, users, contacts, c.user_key, c.contact_key, switch_column, shared_key)
     returning * into a;
@@ -833,12 +856,11 @@ begin
     -- then follow the user, and their unmapped fields are emptied (the article's rule). Refused
     -- where that would empty a value: attaching must not lose application data.
     if a.shared_key then
-        select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ') into w
-          from usersync._gen_contact_fields(a.pair) f where f.user_field is null;
-        if w is not null then
-            execute pg_catalog.format('select count(*) from %s u join %s c on c.%I = u.%I where %s and (%s)',
-                                      a.users, a.contacts, a.contact_key, a.user_key,
-                                      coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true'), w) into n;
+        select x.would_empty into n
+          from usersync._attach_counts(a.users, a.contacts, a.user_key, a.contact_key, a.switch_column, true,
+                                       array(select f.field from usersync._gen_contact_fields(a.pair) f
+                                              where f.user_field is null)) x;
+        begin
             if n > 0 then
                 raise exception using errcode = 'US010',
                     message = pg_catalog.format('cannot attach %s -> %s: %s existing contact(s) have values in fields no '
@@ -847,7 +869,7 @@ begin
                     hint = pg_catalog.format('Attach, then map those fields (usersync.field_mapping, pair %L), in one '
                                              'transaction; or give them defaults and NOT NULL.', a.pair);
             end if;
-        end if;
+        end;
     end if;
     -- A contact field no sync can fill would make the first sync below fail, with a hint about a
     -- pair that the failure rolls back: refused here, with what to do instead.
@@ -857,8 +879,8 @@ begin
      where f.user_field is null and m.not_null and not m.has_default
      order by m.position limit 1;
     if found then
-        execute pg_catalog.format('select count(*) from %s u where %s', a.users,
-                                  coalesce('u.' || pg_catalog.quote_ident(a.switch_column), 'true')) into n;
+        select x.to_sync into n
+          from usersync._attach_counts(a.users, a.contacts, a.user_key, a.contact_key, a.switch_column, false, '{}') x;
         if n > 0 then
             raise exception using errcode = 'US010',
                 message = pg_catalog.format('cannot attach %s -> %s: contact field %I is NOT NULL, has no default and '
@@ -883,7 +905,7 @@ comment on function usersync.attach(regclass, regclass, name, boolean, text) is
 create or replace function usersync.detach(pair text)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 as $$
 declare
     a usersync.attachments;
@@ -1655,7 +1677,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- The columns of a pair's two tables, as far as the generated code depends on them: names,
--- types, NOT NULL, defaults, generated or dropped. Where the DDL guard is off (installed without
+-- types, NOT NULL, defaults, generated or dropped; and their rules. Where the DDL guard is off (installed without
 -- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
 -- so the generated code compares this with what it was generated for on every call, and fails
 -- rather than write the wrong columns.
@@ -1663,7 +1685,9 @@ create or replace function usersync._shape(p_users regclass, p_contacts regclass
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select pg_catalog.md5(pg_catalog.string_agg(
                pg_catalog.concat_ws('|', a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
-                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum))
+                                    a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum)
+               -- and rules (which the guard would refuse: one could swallow the engine's writes)
+               || (select pg_catalog.count(*) from pg_catalog.pg_rewrite r where r.ev_class in (p_users, p_contacts))::text)
       from pg_catalog.pg_attribute a
      where a.attrelid in (p_users, p_contacts) and a.attnum > 0
 $$;
@@ -1681,7 +1705,7 @@ $$;
 
 -- Is the DDL guard on? (its event triggers exist and are enabled)
 create or replace function usersync._guard_on()
-returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+returns boolean language sql stable set search_path = pg_catalog, pg_temp set standard_conforming_strings = on as $$
     select pg_catalog.count(*) = 5
       from pg_catalog.pg_event_trigger e
      where e.evtname like 'usersync\_guard\_%' and e.evtenabled <> 'D'
@@ -1728,7 +1752,7 @@ $$;
 -- is only ever made for small sizes; bulk ones are planned afresh with their real sizes.
 -- Markers are read from the template (rule 2); each piece is then filled (rule 1).
 create or replace function usersync._gen_body(p_body text, p_vars jsonb)
-returns text language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+returns text language plpgsql immutable set search_path = pg_catalog, pg_temp set standard_conforming_strings = on as $$
 declare
     result text := '';
     head_at integer;
@@ -1825,7 +1849,7 @@ create or replace function usersync._generate(p_pair text)
 returns void
 language plpgsql
 security definer
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 set quote_all_identifiers = off  -- the generated text and the SET clauses it records stay canonical
 set jit = off  -- catalog queries the planner overestimates: compiling them would cost more than running them
 as $gen$
@@ -2933,6 +2957,8 @@ begin
             hint = 'Use ''user'' (the user is the data source, the default) or ''contact'' (reversed).';
     end if;
     perform usersync._user_ids(a, array[p_user_id]);  -- a valid key of the pair, or US006
+    -- (before the check below: an attach of a second pair checks for reversed pairs under it)
+    lock table usersync.config_lock in share mode;
     -- The engine's writes to a users table skip every pair's triggers: a contact that wrote its
     -- user would leave the user's other contacts behind. So a users table feeding several pairs
     -- is the source of all of them.
@@ -2947,7 +2973,6 @@ begin
                 hint = 'Reverse pairs only where the users table feeds one pair.';
         end if;
     end if;
-    lock table usersync.config_lock in share mode;
     -- Lock the pair source first (as every writer does), then re-read: the direction may have
     -- changed while this waited.
     loop
@@ -3743,9 +3768,13 @@ $$;
 
 -- After a module table was rewritten: its keys and switches must still match the links (else
 -- refused). Mapped values may have changed too: usersync._on_ddl_end then syncs every pair.
+-- It reads the application's tables, so it runs as the engine (SECURITY DEFINER): as the
+-- installer, an index predicate or a policy of the tables' owner would run as the installer (a
+-- superuser), which the owner could set off with DDL on its own table.
 create or replace function usersync._check_rewrite(p_pair text)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -3969,7 +3998,7 @@ create or replace function usersync.doctor(pair text default null)
 returns table (pair_name text, problem text, repair text)
 language plpgsql
 security definer
-set search_path = pg_catalog, pg_temp
+set search_path = pg_catalog, pg_temp set standard_conforming_strings = on  -- (its literals hold backslashes)
 set jit = off  -- catalog queries
 as $$
 declare
@@ -3997,10 +4026,16 @@ begin
                             'columns on every write)'::text;
     end loop;
     -- Functions that must run as the engine (a restore with --no-owner gives them to the restorer).
-    for t in select f.fn from pg_catalog.unnest(usersync._engine_functions()) f(fn)
+    for t in select f.fn, p.proowner = 'usersync_engine'::pg_catalog.regrole as owned
+               from pg_catalog.unnest(usersync._engine_functions()) f(fn)
                join pg_catalog.pg_proc p on p.oid = f.fn
-              where p.proowner <> 'usersync_engine'::pg_catalog.regrole loop
-        return query select null::text, pg_catalog.format('function %s is not owned by usersync_engine', t.fn),
+              where p.proowner <> 'usersync_engine'::pg_catalog.regrole or not p.prosecdef
+                 or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false) loop
+        return query select null::text,
+                            case when t.owned
+                                 then pg_catalog.format('function %s no longer runs as usersync_engine with its pinned '
+                                                        'search_path', t.fn)
+                                 else pg_catalog.format('function %s is not owned by usersync_engine', t.fn) end,
                             'usersync repair'::text;
     end loop;
     for a in select * from usersync.attachments x
@@ -4018,7 +4053,8 @@ begin
                    from usersync._templates() x loop
             if not exists (select from pg_catalog.pg_proc p
                             where p.oid = pg_catalog.to_regprocedure('usersync.' || t.fn) and p.prosecdef
-                              and p.proowner = 'usersync_engine'::pg_catalog.regrole) then
+                              and p.proowner = 'usersync_engine'::pg_catalog.regrole
+                              and 'search_path=pg_catalog, pg_temp' = any(p.proconfig)) then
                 return query select a.pair, pg_catalog.format('generated function usersync.%s is missing or altered', t.fn),
                                     'usersync repair'::text;
             end if;
@@ -4041,6 +4077,8 @@ begin
             when sqlstate 'USX00' then
                 null;
             when read_only_sql_transaction then
+                return query select a.pair, 'its generated code could not be compared here (a read-only transaction '
+                                            'or a standby)'::text, 'usersync doctor on the primary'::text;
                 after_code := before_code;
         end;
         if before_code is distinct from after_code then
@@ -4108,6 +4146,9 @@ declare
     t record;
     n bigint;
 begin
+    -- Before calling any function of the engine: each runs as the engine again (code running as
+    -- the engine could have made one run as its caller, and this may run as a superuser).
+    perform usersync._set_owners();
     if exists (select from usersync.doctor() d where d.pair_name is null and d.problem like '%event trigger%') then
         if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
             perform usersync._install_event_triggers();
@@ -4117,7 +4158,6 @@ begin
         end if;
     end if;
     perform usersync._lock_config_exclusive();
-    perform usersync._set_owners();  -- (a restore with --no-owner gave every function to the restoring role)
     for a in select * from usersync.attachments x
               where repair.pair is null or x.pair = (usersync._pair(repair.pair)).pair order by x.id loop
         if not exists (select from usersync.doctor(a.pair)) then
@@ -4245,7 +4285,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
            'usersync._set_sync_source(text, text, text)',
            'usersync.set_sync_source(anycompatible, text, text)',
            'usersync.preview_resync(integer, text)',
-           'usersync.doctor(text)']::pg_catalog.regprocedure[]
+           'usersync.doctor(text)',
+           'usersync._check_rewrite(text)']::pg_catalog.regprocedure[]
 $$;
 
 -- Who owns what (docs/sql-api.md, "Ownership"), set by the install and again by usersync.repair()
@@ -4261,13 +4302,18 @@ declare
 begin
     -- The engine: owns every function that writes, so that current_user inside them is
     -- usersync_engine, which is what the guards recognise; the generated ones included.
-    for f in select p.oid::pg_catalog.regprocedure as fn
+    for f in select p.oid::pg_catalog.regprocedure as fn, p.proowner = 'usersync_engine'::pg_catalog.regrole as owned
                from pg_catalog.pg_proc p
               where p.pronamespace = 'usersync'::pg_catalog.regnamespace
-                and p.proowner <> 'usersync_engine'::pg_catalog.regrole
-                and (p.proname ~ '^_g[0-9]+_'
-                     or p.oid = any(usersync._engine_functions())) loop
-        execute pg_catalog.format('alter function %s owner to usersync_engine', f.fn);
+                and (p.proname ~ '^_g[0-9]+_' or p.oid = any(usersync._engine_functions()))
+                and (p.proowner <> 'usersync_engine'::pg_catalog.regrole or not p.prosecdef
+                     or not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)) loop
+        -- (and SECURITY DEFINER with the pinned path: code running as the engine could have
+        -- changed that where the DDL guard is off, and repair may run as a superuser)
+        execute pg_catalog.format('alter function %s security definer set search_path = pg_catalog, pg_temp', f.fn);
+        if not f.owned then
+            execute pg_catalog.format('alter function %s owner to usersync_engine', f.fn);
+        end if;
     end loop;
     -- Functions that run as their caller, event-trigger functions above all, belong to the
     -- installing role and never to the engine (60_ddl_guard.sql explains why). Named here because
@@ -4280,8 +4326,7 @@ begin
                               'usersync._on_ddl_end()'::pg_catalog.regprocedure,
                               'usersync._on_ddl_start()'::pg_catalog.regprocedure,
                               'usersync._on_table_rewrite()'::pg_catalog.regprocedure,
-                              'usersync._on_engine_ddl()'::pg_catalog.regprocedure,
-                              'usersync._check_rewrite(text)'::pg_catalog.regprocedure) loop
+                              'usersync._on_engine_ddl()'::pg_catalog.regprocedure) loop
         execute pg_catalog.format('alter function %s owner to %I', f.fn, current_user);
     end loop;
 end
