@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,19 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bench import variants
-from bench.runner import INSERT_USERS, Bench, Sample, copy_data, copy_users, harness, timed, users_select
+from bench.runner import (
+    EXAMPLE,
+    INSERT_USERS,
+    UUID_PROFILES,
+    Bench,
+    Sample,
+    Shape,
+    as_role,
+    harness,
+    timed,
+    timed_capped,
+    users_select,
+)
 from pyapp import orm
 from pyapp.config import Database
 from pyapp.demo_models import User
@@ -47,65 +60,136 @@ def settle(conn: psycopg.Connection, *, vacuum: bool = False) -> None:
     conn.execute("checkpoint")
 
 
-def bulk(b: Bench, n: int, repeats: int) -> dict[str, dict[str, Sample]]:
-    """INSERT ... SELECT, UPDATE of a mapped field, COPY: usersync, hand-written trigger, floor."""
+def measure(conn: psycopg.Connection, role: str | None, sample: Sample, fn: Callable[[], object],
+            cap: float | None) -> None:
+    """One timed repeat, as `role`; a repeat cut off at the cap leaves a lower bound in the sample."""
+    with as_role(conn, role):
+        seconds, cut = timed_capped(conn, fn, cap)
+    sample.times.append(seconds)
+    sample.timed_out |= cut
+
+
+def bulk(b: Bench, n: int, repeats: int, shape: Shape = EXAMPLE,
+         cap: float | None = None) -> dict[str, dict[str, Sample]]:
+    """INSERT ... SELECT, UPDATE of a mapped field, COPY: usersync, hand-written trigger, floor.
+
+    With a cap, a statement running longer is cancelled and its time kept as a lower bound; a
+    variant that was cut off is not repeated for that operation (a lower bound does not improve),
+    and where its INSERT was, the users the UPDATE needs are inserted in batches, off the clock.
+    COPY runs as the connecting role: PostgreSQL refuses COPY FROM where row-level security
+    applies, so a bulk import is the tables' owner's job."""
     ops: dict[str, dict[str, Sample]] = {op: {} for op in ("insert", "update", "copy")}
-    data = copy_data(n)
+    data = shape.copy_data(n)
     order = ["usersync", "hand", "floor"]
     for r in range(repeats):
         for v in order[r % 3:] + order[:r % 3]:  # rotate, so no variant always runs first
-            db = "plain" if v == "floor" else v
+            db = shape.variants["plain" if v == "floor" else v]
+            ins, upd, cp = (ops[op].setdefault(v, Sample()) for op in ("insert", "update", "copy"))
 
             def insert(conn: psycopg.Connection, v: str = v) -> None:
-                conn.execute(INSERT_USERS + users_select(n))
+                conn.execute(shape.insert_users(n))
                 if v == "floor":
-                    conn.execute(variants.FLOOR_INSERT)
+                    conn.execute(shape.floor_insert)
 
             def update(conn: psycopg.Connection, v: str = v) -> None:
-                conn.execute("update users set first_name = first_name || 'x'")
+                conn.execute(f"update {shape.users} set first_name = first_name || 'x'")
                 if v == "floor":
-                    conn.execute(variants.FLOOR_UPDATE)
+                    conn.execute(shape.floor_update)
 
             def copy(conn: psycopg.Connection, v: str = v) -> None:
-                copy_users(conn, data)
+                shape.copy_users(conn, data)
                 if v == "floor":
-                    conn.execute(variants.FLOOR_INSERT)
+                    conn.execute(shape.floor_insert)
 
-            with b.database(db) as conn:
-                settle(conn)
-                ops["insert"].setdefault(v, Sample()).times.append(timed(lambda: insert(conn)))
-                assert conn.execute("select count(*) from contacts").fetchone() == (n,)
-                settle(conn, vacuum=True)
-                ops["update"].setdefault(v, Sample()).times.append(timed(lambda: update(conn)))
-            with b.database(db) as conn:
-                settle(conn)
-                ops["copy"].setdefault(v, Sample()).times.append(timed(lambda: copy(conn)))
-                assert conn.execute("select count(*) from contacts").fetchone() == (n,)
+            if not (ins.timed_out and upd.timed_out):
+                with b.database(db) as conn:
+                    if not ins.timed_out:
+                        settle(conn)
+                        measure(conn, shape.role, ins, lambda: insert(conn), cap)
+                    if ins.timed_out:  # (rolled back) the same rows, in batches the engine handles
+                        shape.fill(conn, n)
+                        if v == "floor":
+                            conn.execute(shape.floor_insert)
+                    assert conn.execute(f"select count(*) from {shape.contacts}").fetchone() == (n,)
+                    if not upd.timed_out:
+                        settle(conn, vacuum=True)
+                        measure(conn, shape.role, upd, lambda: update(conn), cap)
+            if not cp.timed_out:
+                with b.database(db) as conn:
+                    settle(conn)
+                    measure(conn, None, cp, lambda: copy(conn), cap)
+                    if not cp.timed_out:
+                        assert conn.execute(f"select count(*) from {shape.contacts}").fetchone() == (n,)
     return ops
 
 
-def latency(b: Bench, users: int, txns: int, repeats: int) -> dict[str, Sample]:
+def latency(b: Bench, users: int, txns: int, repeats: int, shape: Shape = EXAMPLE) -> dict[str, Sample]:
     """Single-row updates of a synced user, one statement per transaction (pgbench-style)."""
     out: dict[str, Sample] = {}
     rng = random.Random(42)
-    ids = [rng.randint(1, users) for _ in range(txns)]
+    ordinals = [rng.randint(1, users) for _ in range(txns)]
     for v in ("usersync", "hand", "plain"):
-        with b.database(v) as conn:
-            conn.execute(INSERT_USERS + users_select(users))
+        with b.database(shape.variants[v]) as conn:
+            shape.fill(conn, users)
             settle(conn, vacuum=True)
+            ids = shape.keys(conn, ordinals)
             # The figure is what the triggers cost; a WAL flush per commit would add disk noise
             # larger than the difference being measured (the same for every variant).
             conn.execute("set synchronous_commit = off")
-            query = "update users set first_name = %s where id = %s"
-            for i in ids[:50]:  # warm the plan caches
-                conn.execute(query, ["warm", i], prepare=True)
+            query = f"update {shape.users} set first_name = %s where id = %s"
             sample = out.setdefault(v, Sample())
-            for r in range(repeats):
-                def run(r: int = r, query: str = query) -> None:
-                    for i in ids:
-                        conn.execute(query, [f"n{r}", i], prepare=True)
-                sample.times.append(timed(run) / txns)
+            with as_role(conn, shape.role):
+                for i in ids[:50]:  # warm the plan caches
+                    conn.execute(query, ["warm", i], prepare=True)
+                for r in range(repeats):
+                    def run(r: int = r, query: str = query, ids: list[Any] = ids) -> None:
+                        for i in ids:
+                            conn.execute(query, [f"n{r}", i], prepare=True)
+                    sample.times.append(timed(run) / txns)
     return out
+
+
+def measured(shape: Shape, scenario: str, size: int, s: dict[str, Sample], base: str, base_name: str,
+             goal: str, met: Callable[[float, float, float], bool]) -> dict[str, Any]:
+    """One row of the report: each variant's median and spread, the ratios, and which figures
+    are lower bounds (cut off at the cap)."""
+    u, h, f = s["usersync"], s["hand"], s[base]
+    bounds = [k for k, x in (("usersync", u), ("hand", h), ("base", f)) if x.timed_out]
+    return {"scenario": shape.name(scenario), "shape": shape.label or "bigint example", "size": size,
+            "usersync": u.median, "hand": h.median, "base": f.median, "base_name": base_name,
+            "spread": max(x.spread for x in s.values()), "goal": goal,
+            "met": not u.timed_out and met(u.median, h.median, f.median),
+            "spreads": {"usersync": u.spread, "hand": h.spread, "base": f.spread},
+            "ratios": {"usersync/hand": u.median / h.median, "usersync/base": u.median / f.median},
+            "lower_bounds": bounds}
+
+
+LATENCY_GOAL = "usersync ≤ 1.15 × hand-written"
+BULK_GOAL = "< hand-written, ≤ 1.3 × floor"
+BULK_OPS = (("insert", "INSERT … SELECT"), ("update", "UPDATE of a mapped field"), ("copy", "COPY"))
+# The uuid shape's bulk statements are cut off after max(1 minute, 200 µs per row), 6 to 10 times
+# what the hand-written trigger takes per row: with a shared key, usersync's INSERT path syncs the
+# statement's users through the generated refresh function, whose plan is quadratic in their number
+# (10,000 users: ~15 s), so an uncapped run would take hours at 100,000 and days at 1,000,000.
+UUID_CAP_MIN_S = 60.0
+UUID_CAP_PER_ROW_S = 200e-6
+
+
+def shape_rows(b: Bench, shape: Shape, size: dict[str, Any],
+               cap: Callable[[int], float | None]) -> list[dict[str, Any]]:
+    """The latency row and the bulk rows of one shape."""
+    rows = []
+    lat = latency(b, size["latency_users"], size["latency_txns"], size["repeats"], shape)
+    rows.append(measured(shape, "single-row update latency (per transaction)", size["latency_txns"], lat,
+                         "plain", "no sync", LATENCY_GOAL, lambda u, h, f: u <= 1.15 * h))
+    for n in size["bulk"]:
+        reps = size["repeats"] if n < 1_000_000 else 1
+        ops = bulk(b, n, reps, shape, cap(n))
+        for op, label in BULK_OPS:
+            rows.append(measured(shape, f"bulk {label}", n, ops[op], "floor", "floor", BULK_GOAL,
+                                 lambda u, h, f: u < h and u <= 1.3 * f))
+        print(f"  {shape.name('bulk')} {n:,} done", flush=True)
+    return rows
 
 
 def resync(b: Bench, n: int, batch: int) -> dict[str, Any]:
@@ -203,24 +287,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         print(f"usersync benchmarks ({mode}) on {server.describe()}", flush=True)
-        lat = latency(b, size["latency_users"], size["latency_txns"], size["repeats"])
-        rows.append({"scenario": "single-row update latency (per transaction)", "size": size["latency_txns"],
-                     "usersync": lat["usersync"].median, "hand": lat["hand"].median, "base": lat["plain"].median,
-                     "base_name": "no sync", "spread": max(s.spread for s in lat.values()),
-                     "goal": "usersync ≤ 1.15 × hand-written",
-                     "met": lat["usersync"].median <= 1.15 * lat["hand"].median})
-        for n in size["bulk"]:
-            reps = size["repeats"] if n < 1_000_000 else 1
-            ops = bulk(b, n, reps)
-            for op, label in (("insert", "INSERT … SELECT"), ("update", "UPDATE of a mapped field"), ("copy", "COPY")):
-                s = ops[op]
-                rows.append({"scenario": f"bulk {label}", "size": n, "usersync": s["usersync"].median,
-                             "hand": s["hand"].median, "base": s["floor"].median, "base_name": "floor",
-                             "spread": max(x.spread for x in s.values()),
-                             "goal": "< hand-written, ≤ 1.3 × floor",
-                             "met": s["usersync"].median < s["hand"].median
-                             and s["usersync"].median <= 1.3 * s["floor"].median})
-            print(f"  bulk {n:,} done", flush=True)
+        rows += shape_rows(b, EXAMPLE, size, lambda n: None)
         rs = resync(b, size["resync"], size["batch"])
         rows.append({"scenario": f"resync_all after a mapping change (batches of {size['batch']:,}; "
                                  f"longest batch {fmt_s(rs['longest_batch'])})",
@@ -232,6 +299,7 @@ def main() -> None:
                      "usersync": ormr["usersync"], "hand": None, "base": ormr["app-side hook"],
                      "base_name": "app-side hook", "spread": 0.0, "goal": "usersync faster",
                      "met": ormr["usersync"] < ormr["app-side hook"]})
+        rows += shape_rows(b, UUID_PROFILES, size, lambda n: max(UUID_CAP_MIN_S, n * UUID_CAP_PER_ROW_S))
         with psycopg.connect(server.conninfo()) as conn:
             version = conn.execute("show server_version").fetchone()[0]
     finally:
@@ -247,29 +315,49 @@ def main() -> None:
     write_report(args.out, result)
 
 
+def fmt_ratio(r: dict[str, Any], divisor: str) -> str:
+    """usersync ÷ hand or ÷ base; '>' where usersync's figure is a lower bound, '<' where the divisor's is."""
+    bounds = r.get("lower_bounds", [])
+    top, bottom = "usersync" in bounds, divisor in bounds
+    value = r["usersync"] / r[divisor]
+    return "?" if top and bottom else f"> {value:.2f}" if top else f"< {value:.2f}" if bottom else f"{value:.2f}"
+
+
 def write_report(out: Path, result: dict[str, Any]) -> None:
     mode, when, machine = result["mode"], result["date"], result["machine"]
     rows, size, server = result["rows"], result["sizes"], result["server"]
+
+    def fig(r: dict[str, Any], key: str) -> str:
+        return ("> " if key in r.get("lower_bounds", []) else "") + fmt_s(r[key])
+
     header = ("| scenario | rows | usersync | hand-written row trigger | baseline | usersync ÷ hand"
               " | usersync ÷ baseline | spread | goal | met |")
     lines = [header, "|" + " --- |" * 10]
     for r in rows:
-        hand = fmt_s(r["hand"]) if r["hand"] is not None else "–"
-        vs_hand = f"{r['usersync'] / r['hand']:.2f}" if r["hand"] else "–"
-        lines.append(f"| {r['scenario']} | {r['size']:,} | {fmt_s(r['usersync'])} | {hand} | "
-                     f"{fmt_s(r['base'])} ({r['base_name']}) | {vs_hand} | {r['usersync'] / r['base']:.2f} | "
+        hand = fig(r, "hand") if r["hand"] is not None else "–"
+        vs_hand = fmt_ratio(r, "hand") if r["hand"] else "–"
+        lines.append(f"| {r['scenario']} | {r['size']:,} | {fig(r, 'usersync')} | {hand} | "
+                     f"{fig(r, 'base')} ({r['base_name']}) | {vs_hand} | {fmt_ratio(r, 'base')} | "
                      f"{r['spread']:.0%} | {r['goal']} | {'yes' if r['met'] else 'no'} |")
-    per_row = [f"| {r['scenario']} | {r['size']:,} | {r['usersync'] / r['size'] * 1e6:.1f} µs |"
-               for r in rows if r["scenario"].startswith("bulk")]
+    per_row = [f"| {r['scenario']} | {r['size']:,} | "
+               f"{'≥ ' if 'usersync' in r.get('lower_bounds', []) else ''}{r['usersync'] / r['size'] * 1e6:.1f} µs |"
+               for r in rows if "bulk" in r["scenario"]]
     table = "\n".join(lines)
     print(table)
+    cut = [r for r in rows if r.get("lower_bounds")]
+    cut_note = "" if not cut else (
+        "\n\nA figure marked `>` was cut off: " + "; ".join(
+            f"{r['scenario']} at {r['size']:,} rows ({', '.join(r['lower_bounds'])})" for r in cut)
+        + f". Each such statement was cancelled at the cap (max({UUID_CAP_MIN_S:.0f} s, "
+          f"{UUID_CAP_PER_ROW_S * 1e6:.0f} µs per row)), so its time is a lower bound, as are the ratios "
+          "computed from it; a variant cut off is not repeated at that size.")
     (out / "benchmarks.md").write_text(f"""# Benchmarks
 
 Written by `make bench` ({mode} mode) on {when}: {machine};
 server: {server}. Every figure is a median over repeats ({size['repeats']} per size below
 1,000,000, 1 at 1,000,000); *spread* is (max − min) ÷ median across the repeats of the scenario's
-variants. Ratios compare measurements of the same run on the same server. All variants map the
-same 7 text fields.
+variants (each variant's own spread is in benchmarks.json). Ratios compare measurements of the
+same run on the same server. All variants map the same 7 text fields.
 
 - **hand-written row trigger**: the common pattern, an `AFTER INSERT OR UPDATE … FOR EACH ROW`
   PL/pgSQL trigger with a hard-coded column list and a link table (`bench/variants.py`).
@@ -277,7 +365,19 @@ same 7 text fields.
   `UPDATE … FROM` writes the contacts.
 - **no sync**: the same update with nothing attached to the table.
 
-{table}
+Two shapes of tables. The rows without a prefix use the example tables (`pyapp/examples.sql`:
+bigint identity keys, a switch, every user switched on). The rows marked **uuid profiles** use
+Supabase's pattern: `auth.users` (uuid key from `gen_random_uuid()`) feeding `public.profiles`,
+whose key is the user's and references it `ON DELETE CASCADE`, with the same columns, row-level
+security enabled on both tables and a permissive policy for the application's role, attached with
+`usersync.attach('auth.users', 'public.profiles', shared_key => true)` (no switch). There the
+hand-written trigger writes the profile with the user's key (no link table), the floor is
+`INSERT INTO profiles … SELECT … FROM auth.users` / `UPDATE profiles … FROM auth.users`, and the
+INSERT, the UPDATE and the single-row updates run as the application's role (not the tables'
+owner), so row-level security applies to them; COPY runs as the tables' owner, since PostgreSQL
+refuses `COPY FROM` where row-level security applies.
+
+{table}{cut_note}
 
 Where a goal is not met, [performance.md](performance.md) says why, with the profile.
 

@@ -509,6 +509,7 @@ begin
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'SHARED', a.shared_key::text,
         'C_FK_FIRST', (exists (select from pg_catalog.pg_constraint k
                                 where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'

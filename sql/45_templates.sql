@@ -7,7 +7,7 @@
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
 -- @G@ the prefix of the pair's generated functions (_g<id>_), @LINKS@ its links table, @PAIR@ its
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
--- (@CID_U@: that key, of the user row aliased u), @HAS_SW@ false for a pair without a switch
+-- (@CID_U@/@CID_N@: that key, of the user row aliased u / n), @HAS_SW@ false for a pair without a switch
 -- (every "x.@SW@" then reads true, see usersync._generate), @SW_HINT@ how to stop syncing a user,
 -- for messages, @SHAPE_CHECK@ nothing, or where the DDL guard is off (an install without a
 -- superuser) a statement that fails when the tables' columns changed since the code was generated
@@ -61,8 +61,11 @@ create or replace function usersync.@G@refresh(p_user_ids @UKT@[], out synced bi
 language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@
 -- A batch touches its own rows only: index probes from the id array, whatever the statistics say
 -- (just loaded, no ANALYZE: a custom plan read every table whole for each batch) and whatever
--- plan the cache settled on after five calls. Every table it reads has the index it needs.
-set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off
+-- plan the cache settled on after five calls. Every table it reads has the index it needs. And no
+-- Materialize: with the links' selectivity underestimated (fresh rows, no ANALYZE), the planner
+-- joined 10,000 users to a materialized 10,000 links by a filter, 10^8 comparisons a batch,
+-- instead of probing the links' key for each user.
+set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off
 as $body$
 declare
     n bigint;
@@ -76,18 +79,19 @@ begin
      where u.@UK@ = any(p_user_ids)
        and not exists (select from @LINKS@ l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
      order by u.@UK@ for share;
-    -- Both sides restricted by the array: PostgreSQL does not carry "= any(array)" across a join,
-    -- and without it every batch would scan all of links.
+    -- Driven by the links, restricted by the array; users and contacts are probed by their keys.
+    -- (The array on the probed side too would be searched again for every probe: 10,000 probes
+    -- of a 10,000-key array, seconds a batch.)
     if @GUARDED_C@ then
         select count(*) into expected
           from @C@ c, @U@ u join @LINKS@ l on l.user_id = u.@UK@
-         where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+         where l.user_id = any(p_user_ids)
            and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
            and not (@C_SAME@);
     end if;
     update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
       from @U@ u join @LINKS@ l on l.user_id = u.@UK@
-     where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+     where l.user_id = any(p_user_ids)
        and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
        and not (@C_SAME@);
     get diagnostics changed = row_count;
@@ -97,7 +101,7 @@ begin
     if @GUARDED_C@ then
         select count(*) into n
           from @C@ c join @LINKS@ l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
-         where u.@UK@ = any(p_user_ids) and l.user_id = any(p_user_ids)
+         where l.user_id = any(p_user_ids)
            and u.@SW@ and l.active and l.source = 'user' and not (@KEPT_CU@);
         if n > 0 then
             perform usersync._lost_write(@C_REL@, 'keep', n, 0);
@@ -109,13 +113,13 @@ begin
         if @GUARDED_U@ then
             select count(*) into expected
               from @U@ u, @C@ c join @LINKS@ l on l.contact_id = c.@CK@
-             where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+             where l.user_id = any(p_user_ids)
                and l.active and l.source = 'contact' and u.@UK@ = l.user_id
                and not (@U_SAME@);
         end if;
         update @U@ u set (@U_COLS@) = row(@U_IMG_C@)
           from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
-         where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+         where l.user_id = any(p_user_ids)
            and l.active and l.source = 'contact' and u.@UK@ = l.user_id
            and not (@U_SAME@);
         get diagnostics n = row_count;
@@ -125,7 +129,7 @@ begin
         if @GUARDED_U@ then
             select count(*) into expected
               from @U@ u join @LINKS@ l on l.user_id = u.@UK@ join @C@ c on c.@CK@ = l.contact_id
-             where l.user_id = any(p_user_ids) and u.@UK@ = any(p_user_ids)
+             where l.user_id = any(p_user_ids)
                and l.active and l.source = 'contact' and not (@KEPT_CU@);
             if expected > 0 then
                 perform usersync._lost_write(@U_REL@, 'keep', expected, 0);
@@ -275,11 +279,9 @@ declare
 begin
     @SHAPE_CHECK@
     @TRY@
-    if @SHARED@ then
-        -- A shared key may meet a contact that already has it: linked, not duplicated (see link).
-        if exists (select from new_rows n where n.@SW@) then
-            perform usersync.@G@link(array(select n.@UK@ from new_rows n where n.@SW@));
-        end if;
+    if @SHARED@ and exists (select from new_rows n join @C@ c on c.@CK@ = @CID_N@ where n.@SW@) then
+        -- A shared key met a contact that already has it (rare): linked, not duplicated (see link).
+        perform usersync.@G@link(array(select n.@UK@ from new_rows n where n.@SW@));
     elsif exists (select from new_rows n where n.@SW@) then
         with s as materialized (
             select @CID@ as new_id, x as usr from (select @U_SRC_N@ from new_rows n where n.@SW@) x),

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "7bd808e1b63963245d77c959c5b335827680e47a16abebaf431a9b21e64c7e19"
+SHA256 = "5f08555871329da9bc81ba943195874e6f5a68caddb30f158bef5e75191b9c04"
 
 
 def upgrade() -> None:
