@@ -510,6 +510,8 @@ begin
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        'C_UNMAPPED_FILLED', coalesce((select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ')
+                                         from usersync._gen_contact_fields(a.pair) f where f.user_field is null), 'false'),
         'SHARED', a.shared_key::text,
         'C_FK_FIRST', (exists (select from pg_catalog.pg_constraint k
                                 where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'

@@ -163,6 +163,7 @@ returns bigint language plpgsql security definer set search_path = pg_catalog, p
 declare
     expected bigint;
     written bigint;
+    r record;
 begin
     @SHAPE_CHECK@
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
@@ -185,6 +186,21 @@ begin
     -- A shared key: a contact that already has the user's key is the user's contact (linked,
     -- never duplicated), unless it belongs to another user of the pair.
     if @SHARED@ then
+        -- (refused where linking would empty values no user field fills: as attach refuses)
+        select u.@UK@ as user_id, c.@CK@ as contact_id into r
+          from @U@ u join @C@ c on c.@CK@ = @CID_U@
+         where u.@UK@ = any(p_user_ids) and u.@SW@ and (@C_UNMAPPED_FILLED@)
+           and not exists (select from @LINKS@ l where l.user_id = u.@UK@)
+           and not exists (select from @LINKS@ l where l.contact_id = c.@CK@)
+         limit 1;
+        if r.user_id is not null then
+            raise exception using errcode = 'US010',
+                message = pg_catalog.format('contact %s cannot be linked to user %s: it has values in fields no user '
+                                            'field is mapped to, which linking would empty', r.contact_id, r.user_id),
+                detail = 'A shared key links the contact that already has the user''s key; a synchronized contact is '
+                         'the image of its user.',
+                hint = 'Map those fields (usersync.field_mapping), or empty them first.';
+        end if;
         insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
         select u.@UK@, c.@CK@, 'user', true, 0
           from @U@ u join @C@ c on c.@CK@ = @CID_U@

@@ -25,7 +25,6 @@ ONE_ENGINE = "one engine role serves every pair: owners of attached tables must 
 ENGINE_CODE = "code running as the engine can replace the engine's code (the same limit)"
 ATTACH_AS_CALLER = "attach reads the tables as its caller: the engine has no privilege on them before"
 CLUSTER_ROLES = "usersync_admin and usersync_engine are cluster-wide roles"
-LATER_LINK = "attach refuses to empty unmapped values; a later link by a shared key does not yet"
 TRIGGER_WHEN = "doctor checks an engine trigger's name, function and state, not its WHEN clause"
 IMAGE_RULE = "a linked contact is the image of its user: a mapped field's NULL empties it"
 CASCADE_VIEWS = "DROP SCHEMA usersync CASCADE drops the application's views over usersync's views"
@@ -391,7 +390,6 @@ def test_attaching_with_a_shared_key_does_not_empty_a_contacts_value(conn):
     assert one(conn, "select first_name from public.p where id = 1") == "Bob"
 
 
-@pytest.mark.xfail(strict=True, reason=LATER_LINK)
 def test_switching_a_user_on_does_not_empty_the_contact_a_shared_key_links(conn, app_conn):
     # After attach, the same linking happens whenever a user's switch goes on (usersync._g<id>_link):
     # a profile the application wrote while the switch was off is linked and its unmapped fields are

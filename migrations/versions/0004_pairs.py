@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "5f08555871329da9bc81ba943195874e6f5a68caddb30f158bef5e75191b9c04"
+SHA256 = "cb8e42b83bfae291380888d65aba9dbdeb396118c72a2c3f09eacfdc092b1169"
 
 
 def upgrade() -> None:

@@ -1912,6 +1912,8 @@ begin
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        'C_UNMAPPED_FILLED', coalesce((select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ')
+                                         from usersync._gen_contact_fields(a.pair) f where f.user_field is null), 'false'),
         'SHARED', a.shared_key::text,
         'C_FK_FIRST', (exists (select from pg_catalog.pg_constraint k
                                 where k.conrelid = a.contacts and k.confrelid = a.users and k.contype = 'f'
@@ -2127,6 +2129,7 @@ returns bigint language plpgsql security definer set search_path = pg_catalog, p
 declare
     expected bigint;
     written bigint;
+    r record;
 begin
     @SHAPE_CHECK@
     perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
@@ -2149,6 +2152,21 @@ begin
     -- A shared key: a contact that already has the user's key is the user's contact (linked,
     -- never duplicated), unless it belongs to another user of the pair.
     if @SHARED@ then
+        -- (refused where linking would empty values no user field fills: as attach refuses)
+        select u.@UK@ as user_id, c.@CK@ as contact_id into r
+          from @U@ u join @C@ c on c.@CK@ = @CID_U@
+         where u.@UK@ = any(p_user_ids) and u.@SW@ and (@C_UNMAPPED_FILLED@)
+           and not exists (select from @LINKS@ l where l.user_id = u.@UK@)
+           and not exists (select from @LINKS@ l where l.contact_id = c.@CK@)
+         limit 1;
+        if r.user_id is not null then
+            raise exception using errcode = 'US010',
+                message = pg_catalog.format('contact %s cannot be linked to user %s: it has values in fields no user '
+                                            'field is mapped to, which linking would empty', r.contact_id, r.user_id),
+                detail = 'A shared key links the contact that already has the user''s key; a synchronized contact is '
+                         'the image of its user.',
+                hint = 'Map those fields (usersync.field_mapping), or empty them first.';
+        end if;
         insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
         select u.@UK@, c.@CK@, 'user', true, 0
           from @U@ u join @C@ c on c.@CK@ = @CID_U@
