@@ -40,7 +40,14 @@ begin
     alter index usersync.links_pkey rename to links_1_pkey;
     alter index usersync.links_contact_id_key rename to links_1_contact_id_key;
     alter index usersync.links_reversed rename to links_1_user_id_idx;
-    alter table usersync.links_1 rename constraint links_source_check to links_1_source_check;
+    -- (the CHECK on source, and on 18 the named NOT NULL constraints; the keys' constraints
+    -- were renamed with their indexes)
+    for t in select k.conname from pg_catalog.pg_constraint k
+              where k.conrelid = 'usersync.links_1'::pg_catalog.regclass
+                and left(k.conname, 6) = 'links_' and left(k.conname, 8) <> 'links_1_' loop
+        execute pg_catalog.format('alter table usersync.links_1 rename constraint %I to %I',
+                                  t.conname, 'links_1_' || substr(t.conname, 7));
+    end loop;
     -- The old code: every function of the schema (0004 defines them all again).
     for t in select p.oid::pg_catalog.regprocedure as fn, p.prokind from pg_catalog.pg_proc p
               where p.pronamespace = 'usersync'::pg_catalog.regnamespace loop

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "cb8e42b83bfae291380888d65aba9dbdeb396118c72a2c3f09eacfdc092b1169"
+SHA256 = "2be8e2267a52a5a4ee84a80191c9c44f82e3428473657b20d8be7b4823186747"
 
 
 def upgrade() -> None:
