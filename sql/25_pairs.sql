@@ -377,6 +377,22 @@ begin
 end
 $$;
 
+-- The CREATE TRIGGER statement of one of the engine's triggers (usersync._engine_triggers), and
+-- whether an existing trigger is that one (pg_get_triggerdef writes the WHEN clause with its
+-- casts and parentheses). usersync.doctor() asks too: a trigger altered to never fire is no
+-- engine trigger.
+create or replace function usersync._trigger_statement(p_name text, p_def text, p_rel regclass, p_fn text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.format('create trigger %I ', p_name) || pg_catalog.format(p_def, p_rel)
+           || ' when (current_user <> ''usersync_engine'') execute function ' || p_fn
+$$;
+
+create or replace function usersync._trigger_is(p_trigger oid, p_statement text)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.regexp_replace(lower(pg_catalog.pg_get_triggerdef(p_trigger)), '[()]|::name', '', 'g')
+           = pg_catalog.regexp_replace(lower(p_statement), '[()]|::name', '', 'g')
+$$;
+
 -- The engine's triggers on a pair's tables. Existing triggers with the right definition are left
 -- alone (the DDL guard refuses to drop them for anyone but a superuser).
 create or replace function usersync._attach_triggers(p_pair text)
@@ -388,19 +404,16 @@ declare
     a usersync.attachments := usersync._pair(p_pair);
     t record;
     existing text;
+    same boolean;
     wanted text;
 begin
-    for t in select et.name, x.rel,
-                    pg_catalog.format(et.def, x.rel)
-                    || ' when (current_user <> ''usersync_engine'') execute function ' || et.fn as def
+    for t in select et.name, x.rel, usersync._trigger_statement(et.name, et.def, x.rel, et.fn) as wanted
                from usersync._engine_triggers(a.id) et
                join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module loop
-        wanted := pg_catalog.format('create trigger %I ', t.name) || t.def;
-        select pg_catalog.pg_get_triggerdef(tg.oid) into existing
+        wanted := t.wanted;
+        select pg_catalog.pg_get_triggerdef(tg.oid), usersync._trigger_is(tg.oid, wanted) into existing, same
           from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
-        -- (pg_get_triggerdef writes the WHEN clause with its casts and parentheses)
-        if pg_catalog.regexp_replace(lower(existing), '[()]|::name', '', 'g')
-           = pg_catalog.regexp_replace(lower(wanted), '[()]|::name', '', 'g') then
+        if same then
             continue;
         end if;
         if existing is not null then

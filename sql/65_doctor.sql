@@ -108,12 +108,14 @@ begin
                    from usersync._engine_triggers(a.id) et
                    join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
                    left join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
-                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A') loop
+                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A')
+                     or not usersync._trigger_is(tg.oid, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)) loop
             return query select a.pair,
                                 pg_catalog.format('trigger %I on %s is %s', t.name, t.rel,
                                                   case when t.tgname is null then 'missing'
                                                        when t.tgname <> t.name::name then pg_catalog.format('renamed to %I', t.tgname)
-                                                       else 'disabled' end),
+                                                       when t.tgenabled not in ('O', 'A') then 'disabled'
+                                                       else 'altered (it no longer fires as usersync made it)' end),
                                 'usersync repair'::text;
         end loop;
         for t in select x.rel, x.key, c.relnamespace::pg_catalog.regnamespace as nsp

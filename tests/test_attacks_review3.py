@@ -25,7 +25,6 @@ ONE_ENGINE = "one engine role serves every pair: owners of attached tables must 
 ENGINE_CODE = "code running as the engine can replace the engine's code (the same limit)"
 ATTACH_AS_CALLER = "attach reads the tables as its caller: the engine has no privilege on them before"
 CLUSTER_ROLES = "usersync_admin and usersync_engine are cluster-wide roles"
-TRIGGER_WHEN = "doctor checks an engine trigger's name, function and state, not its WHEN clause"
 IMAGE_RULE = "a linked contact is the image of its user: a mapped field's NULL empties it"
 CASCADE_VIEWS = "DROP SCHEMA usersync CASCADE drops the application's views over usersync's views"
 
@@ -241,7 +240,6 @@ def test_doctor_says_the_same_in_a_read_only_transaction(conn, admin_conn):
 
 # --- F6: doctor checks an engine trigger's name and function, not what fires it ------------------------
 
-@pytest.mark.xfail(strict=True, reason=TRIGGER_WHEN)
 def test_doctor_sees_an_engine_trigger_that_never_fires(conn, app_conn, admin_conn):
     # An engine trigger re-created (by a superuser, who may drop one) with its name and function but
     # a WHEN clause that is always false: the guard and doctor recognise triggers by name, function and

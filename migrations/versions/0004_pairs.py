@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "2be8e2267a52a5a4ee84a80191c9c44f82e3428473657b20d8be7b4823186747"
+SHA256 = "f9f6a0852ab63a3368124e1a2825989d92c233be66db355bb37bab55331f9fcb"
 
 
 def upgrade() -> None:

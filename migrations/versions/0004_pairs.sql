@@ -764,6 +764,22 @@ begin
 end
 $$;
 
+-- The CREATE TRIGGER statement of one of the engine's triggers (usersync._engine_triggers), and
+-- whether an existing trigger is that one (pg_get_triggerdef writes the WHEN clause with its
+-- casts and parentheses). usersync.doctor() asks too: a trigger altered to never fire is no
+-- engine trigger.
+create or replace function usersync._trigger_statement(p_name text, p_def text, p_rel regclass, p_fn text)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.format('create trigger %I ', p_name) || pg_catalog.format(p_def, p_rel)
+           || ' when (current_user <> ''usersync_engine'') execute function ' || p_fn
+$$;
+
+create or replace function usersync._trigger_is(p_trigger oid, p_statement text)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.regexp_replace(lower(pg_catalog.pg_get_triggerdef(p_trigger)), '[()]|::name', '', 'g')
+           = pg_catalog.regexp_replace(lower(p_statement), '[()]|::name', '', 'g')
+$$;
+
 -- The engine's triggers on a pair's tables. Existing triggers with the right definition are left
 -- alone (the DDL guard refuses to drop them for anyone but a superuser).
 create or replace function usersync._attach_triggers(p_pair text)
@@ -775,19 +791,16 @@ declare
     a usersync.attachments := usersync._pair(p_pair);
     t record;
     existing text;
+    same boolean;
     wanted text;
 begin
-    for t in select et.name, x.rel,
-                    pg_catalog.format(et.def, x.rel)
-                    || ' when (current_user <> ''usersync_engine'') execute function ' || et.fn as def
+    for t in select et.name, x.rel, usersync._trigger_statement(et.name, et.def, x.rel, et.fn) as wanted
                from usersync._engine_triggers(a.id) et
                join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module loop
-        wanted := pg_catalog.format('create trigger %I ', t.name) || t.def;
-        select pg_catalog.pg_get_triggerdef(tg.oid) into existing
+        wanted := t.wanted;
+        select pg_catalog.pg_get_triggerdef(tg.oid), usersync._trigger_is(tg.oid, wanted) into existing, same
           from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
-        -- (pg_get_triggerdef writes the WHEN clause with its casts and parentheses)
-        if pg_catalog.regexp_replace(lower(existing), '[()]|::name', '', 'g')
-           = pg_catalog.regexp_replace(lower(wanted), '[()]|::name', '', 'g') then
+        if same then
             continue;
         end if;
         if existing is not null then
@@ -4124,12 +4137,14 @@ begin
                    from usersync._engine_triggers(a.id) et
                    join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
                    left join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
-                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A') loop
+                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A')
+                     or not usersync._trigger_is(tg.oid, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)) loop
             return query select a.pair,
                                 pg_catalog.format('trigger %I on %s is %s', t.name, t.rel,
                                                   case when t.tgname is null then 'missing'
                                                        when t.tgname <> t.name::name then pg_catalog.format('renamed to %I', t.tgname)
-                                                       else 'disabled' end),
+                                                       when t.tgenabled not in ('O', 'A') then 'disabled'
+                                                       else 'altered (it no longer fires as usersync made it)' end),
                                 'usersync repair'::text;
         end loop;
         for t in select x.rel, x.key, c.relnamespace::pg_catalog.regnamespace as nsp
