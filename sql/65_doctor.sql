@@ -104,12 +104,11 @@ begin
             return query select a.pair, 'its generated code does not match its tables and mapping as they are now'::text,
                                 'usersync repair'::text;
         end if;
-        for t in select et.name, et.fn, x.rel, tg.tgname, tg.tgenabled
-                   from usersync._engine_triggers(a.id) et
-                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
-                   left join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
-                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A')
-                     or not usersync._trigger_is(tg.oid, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)) loop
+        for t in select pt.name, pt.rel, tg.tgname, tg.tgenabled
+                   from usersync._pair_triggers(a) pt
+                   left join pg_catalog.pg_trigger tg on tg.tgrelid = pt.rel and tg.tgfoid = pg_catalog.to_regprocedure(pt.fn)
+                  where tg.tgname is distinct from pt.name::name or tg.tgenabled not in ('O', 'A')
+                     or not usersync._trigger_is(tg.oid, pt.statement) loop
             return query select a.pair,
                                 pg_catalog.format('trigger %I on %s is %s', t.name, t.rel,
                                                   case when t.tgname is null then 'missing'
@@ -185,10 +184,9 @@ begin
             continue;
         end if;
         -- A trigger of the engine renamed, or disabled, by a superuser: named and enabled again.
-        for t in select et.name, x.rel, tg.tgname, tg.tgenabled
-                   from usersync._engine_triggers(a.id) et
-                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
-                   join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn) loop
+        for t in select pt.name, pt.rel, tg.tgname, tg.tgenabled
+                   from usersync._pair_triggers(a) pt
+                   join pg_catalog.pg_trigger tg on tg.tgrelid = pt.rel and tg.tgfoid = pg_catalog.to_regprocedure(pt.fn) loop
             if t.tgname <> t.name::name then
                 execute pg_catalog.format('alter trigger %I on %s rename to %I', t.tgname, t.rel, t.name);
             end if;

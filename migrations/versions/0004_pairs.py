@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SHA256 = "f9f6a0852ab63a3368124e1a2825989d92c233be66db355bb37bab55331f9fcb"
+SHA256 = "8894b8b1875aace88781e09e7abbd6455077166f4b9e9deb5eebc8655ae70772"
 
 
 def upgrade() -> None:

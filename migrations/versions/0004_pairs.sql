@@ -780,6 +780,15 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
            = pg_catalog.regexp_replace(lower(p_statement), '[()]|::name', '', 'g')
 $$;
 
+-- A pair's engine triggers: each with the table it is on and the statement that creates it.
+create or replace function usersync._pair_triggers(a usersync.attachments)
+returns table (name text, rel regclass, fn text, statement text)
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select et.name, x.rel, et.fn, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)
+      from usersync._engine_triggers(a.id) et
+      join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
+$$;
+
 -- The engine's triggers on a pair's tables. Existing triggers with the right definition are left
 -- alone (the DDL guard refuses to drop them for anyone but a superuser).
 create or replace function usersync._attach_triggers(p_pair text)
@@ -790,25 +799,30 @@ as $$
 declare
     a usersync.attachments := usersync._pair(p_pair);
     t record;
-    existing text;
-    same boolean;
-    wanted text;
+    existing oid;
 begin
-    for t in select et.name, x.rel, usersync._trigger_statement(et.name, et.def, x.rel, et.fn) as wanted
-               from usersync._engine_triggers(a.id) et
-               join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module loop
-        wanted := t.wanted;
-        select pg_catalog.pg_get_triggerdef(tg.oid), usersync._trigger_is(tg.oid, wanted) into existing, same
-          from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
-        if same then
+    for t in select * from usersync._pair_triggers(a) loop
+        select tg.oid into existing from pg_catalog.pg_trigger tg where tg.tgrelid = t.rel and tg.tgname = t.name;
+        if found and usersync._trigger_is(existing, t.statement) then
             continue;
         end if;
-        if existing is not null then
+        if found then
             execute pg_catalog.format('drop trigger %I on %s', t.name, t.rel);
         end if;
-        execute wanted;
+        execute t.statement;
     end loop;
 end
+$$;
+
+-- A key's column type for the links table: its type, qualified, and its collation (a text key's
+-- comparisons then agree with the key's own).
+create or replace function usersync._key_column(p_rel regclass, p_col name)
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
+    select usersync._key_type(p_rel, p_col)
+           || coalesce(' collate ' || (select pg_catalog.format('%I.%I', ns.nspname, k.collname)
+                                          from pg_catalog.pg_collation k join pg_catalog.pg_namespace ns on ns.oid = k.collnamespace
+                                         where k.oid = x.attcollation and x.attcollation <> 0), '')
+      from pg_catalog.pg_attribute x where x.attrelid = p_rel and x.attname = p_col
 $$;
 
 create or replace function usersync.attach(users regclass, contacts regclass, switch_column name default null,
@@ -837,16 +851,8 @@ begin
 
     -- The pair's links, keyed in the keys' own types and collations.
     links := usersync._links_table(a.id);
-    select usersync._key_type(a.users, a.user_key)
-           || coalesce(' collate ' || (select pg_catalog.format('%I.%I', ns.nspname, k.collname)
-                                          from pg_catalog.pg_collation k join pg_catalog.pg_namespace ns on ns.oid = k.collnamespace
-                                         where k.oid = x.attcollation and x.attcollation <> 0), '')
-      into ukt from pg_catalog.pg_attribute x where x.attrelid = a.users and x.attname = a.user_key;
-    select usersync._key_type(a.contacts, a.contact_key)
-           || coalesce(' collate ' || (select pg_catalog.format('%I.%I', ns.nspname, k.collname)
-                                          from pg_catalog.pg_collation k join pg_catalog.pg_namespace ns on ns.oid = k.collnamespace
-                                         where k.oid = x.attcollation and x.attcollation <> 0), '')
-      into ckt from pg_catalog.pg_attribute x where x.attrelid = a.contacts and x.attname = a.contact_key;
+    ukt := usersync._key_column(a.users, a.user_key);
+    ckt := usersync._key_column(a.contacts, a.contact_key);
     execute pg_catalog.format(
         'create table %s ('
         ' user_id %s primary key,'
@@ -4133,12 +4139,11 @@ begin
             return query select a.pair, 'its generated code does not match its tables and mapping as they are now'::text,
                                 'usersync repair'::text;
         end if;
-        for t in select et.name, et.fn, x.rel, tg.tgname, tg.tgenabled
-                   from usersync._engine_triggers(a.id) et
-                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
-                   left join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn)
-                  where tg.tgname is distinct from et.name::name or tg.tgenabled not in ('O', 'A')
-                     or not usersync._trigger_is(tg.oid, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)) loop
+        for t in select pt.name, pt.rel, tg.tgname, tg.tgenabled
+                   from usersync._pair_triggers(a) pt
+                   left join pg_catalog.pg_trigger tg on tg.tgrelid = pt.rel and tg.tgfoid = pg_catalog.to_regprocedure(pt.fn)
+                  where tg.tgname is distinct from pt.name::name or tg.tgenabled not in ('O', 'A')
+                     or not usersync._trigger_is(tg.oid, pt.statement) loop
             return query select a.pair,
                                 pg_catalog.format('trigger %I on %s is %s', t.name, t.rel,
                                                   case when t.tgname is null then 'missing'
@@ -4214,10 +4219,9 @@ begin
             continue;
         end if;
         -- A trigger of the engine renamed, or disabled, by a superuser: named and enabled again.
-        for t in select et.name, x.rel, tg.tgname, tg.tgenabled
-                   from usersync._engine_triggers(a.id) et
-                   join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
-                   join pg_catalog.pg_trigger tg on tg.tgrelid = x.rel and tg.tgfoid = pg_catalog.to_regprocedure(et.fn) loop
+        for t in select pt.name, pt.rel, tg.tgname, tg.tgenabled
+                   from usersync._pair_triggers(a) pt
+                   join pg_catalog.pg_trigger tg on tg.tgrelid = pt.rel and tg.tgfoid = pg_catalog.to_regprocedure(pt.fn) loop
             if t.tgname <> t.name::name then
                 execute pg_catalog.format('alter trigger %I on %s rename to %I', t.tgname, t.rel, t.name);
             end if;
