@@ -220,9 +220,10 @@ $$;
 -- them (the DDL guard and the generator use this list too). Names carry the pair's id, so two
 -- pairs sharing a users table never collide.
 create or replace function usersync._engine_triggers(p_id integer)
-returns table (module text, name text, fn text, def text)
+returns table (module text, name text, fn text, def text, cond text)
 language sql stable set search_path = pg_catalog, pg_temp as $$
-    select t.module, 'usersync_' || p_id || '_' || t.name, 'usersync._g' || p_id || '_' || t.fn || '()', t.def
+    select t.module, 'usersync_' || p_id || '_' || t.name, 'usersync._g' || p_id || '_' || t.fn || '()', t.def,
+           null::text
       from (values ('users', 'after_insert', 'on_users_insert',
                     'after insert on %s referencing new table as new_rows for each statement'),
                    ('users', 'after_update', 'on_users_update',
@@ -246,8 +247,16 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     -- NO ACTION): its check runs before any AFTER trigger, so delete_contact_with_user must
     -- delete the contact before the user goes. A row trigger, so no other table pays for it.
     select 'users', 'usersync_' || p_id || '_before_delete', 'usersync._g' || p_id || '_on_users_delete_before()',
-           'before delete on %s for each row'
+           'before delete on %s for each row', null
      where usersync._fk_restricts(p_id)
+    union all
+    -- A user's key must not change while it is linked. A row trigger whose WHEN lets only such
+    -- rows through, so the statement trigger above need not compare the old rows with the new
+    -- ones on every UPDATE (not UPDATE OF: a BEFORE trigger can change a key the SET list does
+    -- not name).
+    select 'users', 'usersync_' || p_id || '_after_rekey', 'usersync._g' || p_id || '_on_users_rekey()',
+           'after update on %s for each row', pg_catalog.format('old.%1$I is distinct from new.%1$I', a.user_key)
+      from usersync.attachments a where a.id = p_id
 $$;
 
 

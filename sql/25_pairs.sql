@@ -381,10 +381,12 @@ $$;
 -- whether an existing trigger is that one (pg_get_triggerdef writes the WHEN clause with its
 -- casts and parentheses). usersync.doctor() asks too: a trigger altered to never fire is no
 -- engine trigger.
-create or replace function usersync._trigger_statement(p_name text, p_def text, p_rel regclass, p_fn text)
+create or replace function usersync._trigger_statement(p_name text, p_def text, p_rel regclass, p_fn text,
+                                                       p_cond text default null)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select pg_catalog.format('create trigger %I ', p_name) || pg_catalog.format(p_def, p_rel)
-           || ' when (current_user <> ''usersync_engine'') execute function ' || p_fn
+           || ' when (current_user <> ''usersync_engine''' || coalesce(' and (' || p_cond || ')', '')
+           || ') execute function ' || p_fn
 $$;
 
 create or replace function usersync._trigger_is(p_trigger oid, p_statement text)
@@ -397,7 +399,7 @@ $$;
 create or replace function usersync._pair_triggers(a usersync.attachments)
 returns table (name text, rel regclass, fn text, statement text)
 language sql stable set search_path = pg_catalog, pg_temp as $$
-    select et.name, x.rel, et.fn, usersync._trigger_statement(et.name, et.def, x.rel, et.fn)
+    select et.name, x.rel, et.fn, usersync._trigger_statement(et.name, et.def, x.rel, et.fn, et.cond)
       from usersync._engine_triggers(a.id) et
       join (values ('users', a.users), ('contacts', a.contacts)) x(module, rel) on x.module = et.module
 $$;

@@ -232,13 +232,28 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- Can a write of the engine to this table be swallowed, i.e. touch fewer rows than it asked for?
--- Yes with row-level security on (a restrictive policy can hide rows even from the engine), or
--- with a BEFORE row trigger of the application (returning NULL skips the row). Only then do the
--- generated functions count the rows each write touched (US007, usersync._lost_write). Rules are
--- refused on the module tables altogether (60_ddl_guard.sql).
+-- Yes where row-level security can hide a row from the engine: a restrictive policy that applies
+-- to it, or its own permissive policy (usersync.attach made it: every row, every command) missing
+-- or changed; or with a BEFORE row trigger of the application (returning NULL skips the row, and
+-- it can change a value). Only then do the generated functions count the rows each write touched
+-- (US007, usersync._lost_write): the checks cost statements on every write, and row-level
+-- security with only permissive policies for other roles (Supabase's) hides nothing from the
+-- engine. Rules are refused on the module tables altogether (60_ddl_guard.sql). A new policy or
+-- trigger regenerates the code (the DDL guard), or where the guard is off changes usersync._shape.
 create or replace function usersync._gen_writes_can_vanish(p_rel regclass)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
-    select exists (select from pg_catalog.pg_class c where c.oid = p_rel and c.relrowsecurity)
+    select exists (select from pg_catalog.pg_class c
+                    where c.oid = p_rel and c.relrowsecurity
+                      and (exists (select from pg_catalog.pg_policy p
+                                    where p.polrelid = p_rel and not p.polpermissive
+                                      and exists (select from pg_catalog.unnest(p.polroles) r(oid)
+                                                   where r.oid = 0
+                                                      or pg_catalog.pg_has_role('usersync_engine', r.oid, 'MEMBER')))
+                           or not exists (select from pg_catalog.pg_policy p
+                                           where p.polrelid = p_rel and p.polname = 'usersync_engine'
+                                             and p.polpermissive and p.polcmd = '*'
+                                             and pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
+                                             and pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) = 'true')))
         or exists (select from pg_catalog.pg_trigger t
                     where t.tgrelid = p_rel and not t.tgisinternal and (t.tgtype & 3) = 3
                       -- (the engine's own triggers, of any pair, call functions of its schema)
@@ -275,7 +290,7 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- The columns of a pair's two tables, as far as the generated code depends on them: names,
--- types, NOT NULL, defaults, generated or dropped; and their rules. Where the DDL guard is off (installed without
+-- types, NOT NULL, defaults, generated or dropped; their rules; whether writes can vanish. Where the DDL guard is off (installed without
 -- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
 -- so the generated code compares this with what it was generated for on every call, and fails
 -- rather than write the wrong columns.
@@ -285,7 +300,9 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
                pg_catalog.concat_ws('|', a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
                                     a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped), ',' order by a.attrelid, a.attnum)
                -- and rules (which the guard would refuse: one could swallow the engine's writes)
-               || (select pg_catalog.count(*) from pg_catalog.pg_rewrite r where r.ev_class in (p_users, p_contacts))::text)
+               || (select pg_catalog.count(*) from pg_catalog.pg_rewrite r where r.ev_class in (p_users, p_contacts))::text
+               -- and whether the engine's writes need counting (policies, BEFORE triggers)
+               || usersync._gen_writes_can_vanish(p_users)::text || usersync._gen_writes_can_vanish(p_contacts)::text)
       from pg_catalog.pg_attribute a
      where a.attrelid in (p_users, p_contacts) and a.attnum > 0
 $$;
@@ -532,6 +549,7 @@ begin
         'U_FIRST_CHANGED', usersync._gen_first_changed(a.pair, 'users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed(a.pair, 'contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same(a.pair, 'c', 'u'),
+        'C_SAME_N', usersync._gen_contact_same(a.pair, 'c', 'n'),
         'KEPT_CU', usersync._gen_mapped_same(a.pair, 'c', 'u'),
         'KEPT_CN', usersync._gen_mapped_same(a.pair, 'c', 'n'),
         'KEPT_NEWU', usersync._gen_mapped_same(a.pair, 'new', 'u'),

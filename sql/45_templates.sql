@@ -4,7 +4,8 @@
 -- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
--- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @HAS_MAP@.
+-- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @C_SAME@/@C_SAME_N@
+-- "contact c is the image of user row u / n", @HAS_MAP@.
 -- @G@ the prefix of the pair's generated functions (_g<id>_), @LINKS@ its links table, @PAIR@ its
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@/@CID_N@: that key, of the user row aliased u / n), @HAS_SW@ false for a pair without a switch
@@ -352,15 +353,20 @@ declare
 begin
     @SHAPE_CHECK@
     @TRY@
-    -- Four questions in one statement (each statement costs, and this runs for every UPDATE of
-    -- users): is any pair reversed, may any pair be stale, did the switch change for any row,
-    -- is this a bulk statement? EXCEPT, not a join: hashing or sorting, never quadratic.
-    select exists (select from @LINKS@ l where l.active and l.source = 'contact'),
-           s.synced_version < @V@,
-           exists ((select n.@UK@, n.@SW@ from new_rows n) except (select o.@UK@, o.@SW@ from old_rows o)),
-           exists (select from new_rows offset @BULK_ROWS@)
-      into any_reversed, any_stale, any_switched, usersync_bulk
-      from usersync.mapping_state s where s.pair = @PAIR@;
+    -- This runs for every UPDATE of users, and most of them change one row: the common case is
+    -- two statements, this one and the contact update below (docs/performance.md). Is this a bulk
+    -- statement; is any pair reversed; does a row's switch disagree with its link (switched on or
+    -- off: a row whose key changed has been refused by the rekey trigger); may a pair be stale?
+    -- Only the statement's new rows, each probing the links' key (OFFSET 0 keeps it a probe: as
+    -- a hashed subplan it would read all of the links): linear at any size, whatever size the
+    -- plan was made for.
+    select exists (select from new_rows offset @BULK_ROWS@),
+           exists (select from @LINKS@ l where l.active and l.source = 'contact'),
+           exists (select from new_rows n
+                    where n.@SW@ is distinct from exists (select from @LINKS@ l
+                                                          where l.user_id = n.@UK@ and l.active offset 0)),
+           (select s.synced_version < @V@ from usersync.mapping_state s where s.pair = @PAIR@)
+      into usersync_bulk, any_reversed, any_switched, any_stale;
 
     -- A reversed pair's mapped user fields follow the contact: only the engine writes them (and
     -- the engine's own writes never get here: see the WHEN clause in usersync._attach()).
@@ -383,22 +389,7 @@ begin
         end if;
     end if;
 
-    -- The switch changed for some row, or a key did (rare: both show as a (key, switch) that is new).
     if any_switched then
-        -- A pair is its two keys: re-keying a linked user would leave its link behind.
-        /*dual into r*/
-        select o.@UK@ as user_id into r
-          from old_rows o
-         where not exists (select from new_rows n where n.@UK@ = o.@UK@)
-           and exists (select from @LINKS@ l where l.user_id = o.@UK@)
-         limit 1;
-        /*end*/
-        if r.user_id is not null then
-            raise exception using errcode = 'US008',
-                message = pg_catalog.format('the key of user %s cannot change: it is linked to a contact', r.user_id),
-                detail = 'usersync identifies a pair by the keys of its user and its contact.',
-                hint = 'Keep the key, or delete the user and insert it again with the new key.';
-        end if;
         -- Switched off: the link ends, the contact stays as an ordinary contact.
         /*dual*/
         update @LINKS@ l set active = false
@@ -415,57 +406,92 @@ begin
         end if;
     end if;
 
-    -- A mapped field changed: rewrite the contact as the image of the user. Unmapped changes
-    -- write nothing.
-    if @GUARDED_C@ then
-        /*dual into expected using switched_on*/
-        select count(*) into expected
+    if not (@GUARDED_C@ or any_stale) then
+        -- Every synchronized contact of the statement becomes the image of its user; those that
+        -- are already (an unmapped field changed, or nothing did) are not written. No join of the
+        -- two transition tables: with every pair up to date with the mapping, and nothing but the
+        -- engine writing these contacts (no BEFORE trigger, no policy that could hide a row:
+        -- usersync._gen_writes_can_vanish), "differs from the image" is "a mapped field changed".
+        /*dual*/
+        update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
+          from new_rows n
+          join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+         where c.@CK@ = l.contact_id and n.@SW@ and not (@C_SAME_N@);
+        /*end*/
+    else
+        -- A pair may be stale (a mapping change not resynced yet: its contact differs from the
+        -- image but only "Update all synchronized users" may rewrite it), or something can change
+        -- or swallow the engine's writes to the contacts (an application's BEFORE trigger, a
+        -- restrictive policy): only contacts whose user changed a mapped field are written, and
+        -- where writes can vanish the engine counts what they did (US007 rather than a pair
+        -- reported synced that is not). Links re-made above were refreshed by link().
+        if @GUARDED_C@ then
+            /*dual into expected using switched_on*/
+            select count(*) into expected
+              from new_rows n
+              join old_rows o on o.@UK@ = n.@UK@
+              join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+             where n.@SW@ and @U_CHANGED@
+               and not n.@UK@ = any(switched_on);
+            /*end*/
+        end if;
+        /*dual using switched_on*/
+        update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
           from new_rows n
           join old_rows o on o.@UK@ = n.@UK@
           join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
-         where n.@SW@ and @U_CHANGED@
+         where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
            and not n.@UK@ = any(switched_on);
         /*end*/
-    end if;
-    /*dual using switched_on*/
-    update @C@ c set (@C_COLS@) = row(@C_IMG_N@)
-      from new_rows n
-      join old_rows o on o.@UK@ = n.@UK@
-      join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
-     where c.@CK@ = l.contact_id and n.@SW@ and @U_CHANGED@
-       and not n.@UK@ = any(switched_on);
-    /*end*/
-    if @GUARDED_C@ then
-        get diagnostics written = row_count;
-        if written <> expected then
-            perform usersync._lost_write(@C_REL@, 'update', expected, written);
+        if @GUARDED_C@ then
+            get diagnostics written = row_count;
+            if written <> expected then
+                perform usersync._lost_write(@C_REL@, 'update', expected, written);
+            end if;
+            /*dual into written using switched_on*/
+            select count(*) into written
+              from new_rows n
+              join old_rows o on o.@UK@ = n.@UK@
+              join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
+              join @C@ c on c.@CK@ = l.contact_id
+             where n.@SW@ and @U_CHANGED@ and not n.@UK@ = any(switched_on) and not (@KEPT_CN@);
+            /*end*/
+            if written > 0 then
+                perform usersync._lost_write(@C_REL@, 'keep', written, 0);
+            end if;
         end if;
-        /*dual into written using switched_on*/
-        select count(*) into written
-          from new_rows n
-          join old_rows o on o.@UK@ = n.@UK@
-          join @LINKS@ l on l.user_id = n.@UK@ and l.active and l.source = 'user'
-          join @C@ c on c.@CK@ = l.contact_id
-         where n.@SW@ and @U_CHANGED@ and not n.@UK@ = any(switched_on) and not (@KEPT_CN@);
-        /*end*/
-        if written > 0 then
-            perform usersync._lost_write(@C_REL@, 'keep', written, 0);
+        -- Pairs that were stale and whose contact was just rewritten are now up to date.
+        if any_stale then
+            /*dual*/
+            update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
+              from new_rows n join old_rows o on o.@UK@ = n.@UK@
+             where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
+               and n.@SW@ and @U_CHANGED@;
+            /*end*/
         end if;
-    end if;
-    -- Pairs that were stale (mapping changed since their last sync) are now up to date. Only
-    -- worth a look while a mapping change has not been resynced everywhere yet.
-    if any_stale then
-        /*dual*/
-        update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-          from new_rows n join old_rows o on o.@UK@ = n.@UK@
-         where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
-           and n.@SW@ and @U_CHANGED@;
-        /*end*/
     end if;
     @CATCH@
         perform usersync._explain_failure(@PAIR@, array(select n.@UK@::pg_catalog.text from new_rows n where n.@SW@));
         raise;
     @END_CATCH@
+    return null;
+end
+$body$;
+$tpl$),
+
+('@G@on_users_rekey()', $tpl$
+create or replace function usersync.@G@on_users_rekey()
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+begin
+    -- A row trigger whose WHEN lets through only rows whose key changed (usersync._engine_triggers):
+    -- nothing else pays for it. A pair is its two keys: re-keying a linked user would leave its
+    -- link behind.
+    if exists (select from @LINKS@ l where l.user_id = old.@UK@) then
+        raise exception using errcode = 'US008',
+            message = pg_catalog.format('the key of user %s cannot change: it is linked to a contact', old.@UK@),
+            detail = 'usersync identifies a pair by the keys of its user and its contact.',
+            hint = 'Keep the key, or delete the user and insert it again with the new key.';
+    end if;
     return null;
 end
 $body$;

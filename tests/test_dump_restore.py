@@ -36,7 +36,7 @@ def test_a_dump_restored_into_an_empty_database_keeps_the_pairs_and_the_engine(
         assert one(conn, "select count(*) from usersync.links_1 where active") == 5
         assert one(conn, "select count(*) from usersync.field_mapping") == 8
         assert one(conn, "select delete_contact_with_user from usersync.settings") is True
-        assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync%%'") == 8
+        assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync%%'") == 9
         assert one(conn, "select count(*) from pg_event_trigger where evtname like 'usersync%%'") == 5
         assert one(conn, "select count(*) from pg_policy where polname = 'usersync_engine'") == 2
         conn.execute("update users set academic_title = 'Dr' where id = 1")

@@ -121,3 +121,16 @@ def test_a_batch_probes_each_row_by_its_key_and_compares_nothing_pairwise(explai
     assert plans and _removed_by_filters(plans) < BULK * BULK // 10  # (pairwise: BULK * BULK)
     assert not [line for plan in plans for line in plan.splitlines()
                 if "Index Cond" in line and "= l.user_id" in line and "ANY" in line]
+
+
+def test_a_one_row_update_costs_two_statements_that_probe_by_key_and_never_read_the_old_rows(explained):
+    # The common case, and the hottest path of the engine (docs/performance.md): one question of
+    # the new rows, then the contact update; the old rows are for reversed pairs and guarded
+    # tables only. Before #13 it also joined new_rows with old_rows in both statements.
+    explained("update users set first_name = 'warm' where id = 3")
+    plans = explained("update users set first_name = 'one' where id = 3")
+    nested = [p for p in plans if "new_rows" in p]
+    assert len(nested) == 2, plans
+    assert not [p for p in nested if "old_rows" in p]
+    assert all("Index Scan using links_1_pkey" in p for p in nested)
+    assert not [p for p in plans if "Seq Scan on links" in p or "Seq Scan on contacts" in p]

@@ -1,4 +1,5 @@
-"""Upgrading a database of the released 0.1 (revision 0002) that holds data keeps all of it."""
+"""Upgrading a database of a released version that holds data keeps all of it: 0.1 (revision
+0002), and 0.4 (revision 0004, pairs attached to the application's tables)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import psycopg
 import pytest
 from helpers import contact, mismatches, one, raises_sqlstate
 
-from pyapp import migrate
+from pyapp import examples, migrate
 from pyapp.config import Database
+from schema_snapshot import snapshot
 
 # Read the same way before (0.1: one pair, bigint keys) and after (pairs, keys shown as text).
 STATE = """
@@ -46,7 +48,7 @@ def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behavio
         stale_before = conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
                                     " order by 1").fetchall()
     migrate.upgrade(released)
-    assert migrate.current(released) == "0004"
+    assert migrate.current(released) == migrate.revisions()[-1]
     with psycopg.connect(released.conninfo, autocommit=True) as conn:
         assert conn.execute(STATE).fetchone() == before
         assert conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
@@ -71,3 +73,57 @@ def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behavio
         assert one(conn, "select count(*) from users where id = 2") == 0
         conn.execute("insert into users (login, sync_to_contact) values ('new', true)")
         assert mismatches(conn) == []
+
+
+@pytest.fixture
+def released_0_4(new_database: Callable[[], Database]) -> Database:
+    """Revision 0004 with the example tables attached and a pair in every state."""
+    db = new_database()
+    migrate.upgrade(db, "0004")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
+        conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
+                     " select 'u' || g, 'U' || g, 'Dr', g <> 5 from generate_series(1, 6) g")
+        conn.execute("update usersync.settings set delete_contact_with_user = true")
+        conn.execute("select usersync.set_sync_source(2, 'contact')")                # a reversed pair
+        conn.execute("update users set sync_to_contact = false where id = 3")      # a remembered contact
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
+        conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
+    return db
+
+
+def test_upgrading_0_4_keeps_pairs_links_and_state_and_adds_the_rekey_trigger(released_0_4: Database):
+    with psycopg.connect(released_0_4.conninfo) as conn:
+        before = conn.execute(STATE).fetchone()
+        stale_before = conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
+                                    " order by 1").fetchall()
+    migrate.upgrade(released_0_4)
+    with psycopg.connect(released_0_4.conninfo, autocommit=True) as conn:
+        assert conn.execute(STATE).fetchone() == before
+        assert conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
+                            " order by 1").fetchall() == stale_before
+        assert one(conn, "select count(*) from pg_trigger where tgname = 'usersync_1_after_rekey'") == 1
+        with raises_sqlstate("US002"):
+            conn.execute("update users set first_name = 'x' where id = 2")
+        conn.execute("update users set first_name = 'U4b' where id = 4")
+        cid4 = one(conn, "select contact_id from usersync.links_1 where user_id = 4")
+        assert contact(conn, cid4)["first_name"] == "U4b"
+        conn.execute("call usersync.resync_all()")
+        assert mismatches(conn) == []
+        assert one(conn, "select count(*) from usersync.doctor()") == 0
+        conn.execute("delete from users where id = 4")  # delete_contact_with_user
+        assert one(conn, "select count(*) from contacts where first_name = 'U4b'") == 0
+
+
+def test_downgrading_to_0_4_and_upgrading_again_gives_the_same_schema(released_0_4: Database):
+    def state() -> dict:
+        with psycopg.connect(released_0_4.conninfo) as conn:
+            return snapshot(conn)
+
+    at_0004 = state()
+    migrate.upgrade(released_0_4)
+    upgraded = state()
+    migrate.downgrade(released_0_4, "0004")
+    assert state() == at_0004
+    migrate.upgrade(released_0_4)
+    assert state() == upgraded
