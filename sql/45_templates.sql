@@ -71,6 +71,7 @@ as $body$
 declare
     n bigint;
     expected bigint;
+    active_links bigint;
 begin
     @SHAPE_CHECK@
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
@@ -90,12 +91,28 @@ begin
            and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
            and not (@C_SAME@);
     end if;
-    update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
-      from @U@ u join @LINKS@ l on l.user_id = u.@UK@
-     where l.user_id = any(p_user_ids)
-       and u.@SW@ and l.active and l.source = 'user' and c.@CK@ = l.contact_id
-       and not (@C_SAME@);
-    get diagnostics changed = row_count;
+    -- One statement stamps the batch's active links and rewrites their contacts, reading the links
+    -- once (the stamp's RETURNING drives the contacts' update) and counting what the checks below
+    -- need: no second walk of the array for the stamp, none for the count. A stamped pair whose
+    -- contact (or, with row-level security on users, user) cannot be seen fails the batch below
+    -- (US007), which rolls the stamp back. Lock order: the users above, then each pair's link and
+    -- contact (a reversed pair's link, then its contact and user below, as set_sync_source does).
+    with l as (
+        update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
+         where l.user_id = any(p_user_ids) and l.active
+        returning l.user_id, l.contact_id, l.source),
+    w as (
+        update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
+          from l join @U@ u on u.@UK@ = l.user_id
+         where l.source = 'user' and u.@SW@ and c.@CK@ = l.contact_id
+           and not (@C_SAME@)
+        returning 1)
+    select count(*),
+           count(*) filter (where exists (select from @C@ c where c.@CK@ = l.contact_id)
+                              and (not @GUARDED_U@ or exists (select from @U@ u where u.@UK@ = l.user_id))),
+           (select count(*) from w)
+      into active_links, synced, changed
+      from l;
     if @GUARDED_C@ and changed <> expected then
         perform usersync._lost_write(@C_REL@, 'update', expected, changed);
     end if;
@@ -138,20 +155,11 @@ begin
         end if;
         changed := changed + n;
     end if;
-    -- Every active pair whose contact exists is now the image of its source under the current
-    -- mapping. (offset 0 keeps the EXISTS a per-row index probe; as a hash semi-join it would read
-    -- all of contacts for every batch)
-    update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-     where l.user_id = any(p_user_ids) and l.active
-       and exists (select from @C@ c where c.@CK@ = l.contact_id offset 0)
-       and (not @GUARDED_U@ or exists (select from @U@ u where u.@UK@ = l.user_id offset 0));
-    get diagnostics synced = row_count;
     -- A pair whose contact (or, with row-level security on users, user) the engine cannot see
     -- (deleted behind the triggers' back, or hidden by a policy) is not synced, and says so
     -- rather than stay silently stale.
-    select count(*) into expected from @LINKS@ l where l.user_id = any(p_user_ids) and l.active;
-    if synced <> expected then
-        perform usersync._lost_write(@C_REL@, 'read', expected, synced);
+    if synced <> active_links then
+        perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
     delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(p_user_ids::pg_catalog.text[]);
 end

@@ -18,7 +18,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-SHA256 = "e12435e7fd16310be8709603516ac616db9506a234213c65dee234d46cfd9257"
+SHA256 = "44106f8da5b8b9ba8dcfaddd05628353656886f13b06a9892f8f944d59850abc"
 
 
 def upgrade() -> None:
