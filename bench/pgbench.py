@@ -360,10 +360,15 @@ def report_notes(rows: list[dict[str, Any]]) -> str:
             for m in e["messages"]:
                 notes.append(f"- {r['scenario']}, {v}: `{m}`")
     example = next((r for r in rows if r["mix"] != "100% update"), rows[0])
-    scripts = "\n".join(f"{name}:\n\n```\n{text.rstrip()}\n```\n" for name, text in example["scripts"].items())
+    # (indented, not fenced: the documentation's fenced blocks are commands tests/test_docs.py runs)
+    scripts = "\n".join(f"{name}:\n\n{_indented(text)}\n" for name, text in example["scripts"].items())
     out = ""
     if notes:
         out += "Errors reported by pgbench:\n\n" + "\n".join(notes) + "\n\n"
     out += (f"The command line of each run is in benchmarks.json; for example ({example['scenario']}, usersync):\n\n"
-            f"```\n{example['variants']['usersync']['command']}\n```\n\n{scripts}")
+            f"{_indented(example['variants']['usersync']['command'])}\n\n{scripts}")
     return out
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
