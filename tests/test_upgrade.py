@@ -25,19 +25,24 @@ STATE = """
            (select json_agg(json_build_array(c.id, c.first_name, c.title) order by c.id) from contacts c)"""
 
 
+def _pairs_in_every_state(conn: psycopg.Connection) -> None:
+    """Six users of the example pair: synced, reversed, remembered, not synced, stale, up to date."""
+    conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
+                 " select 'u' || g, 'U' || g, 'Dr', g <> 5 from generate_series(1, 6) g")
+    conn.execute("update usersync.settings set delete_contact_with_user = true, delete_user_with_contact = true")
+    conn.execute("select usersync.set_sync_source(2, 'contact')")                # a reversed pair
+    conn.execute("update users set sync_to_contact = false where id = 3")      # a remembered contact
+    conn.execute("insert into contacts (first_name) values ('plain')")          # an ordinary contact
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
+    conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
+
+
 @pytest.fixture
 def released(new_database: Callable[[], Database]) -> Database:
     db = new_database()
     migrate.upgrade(db, "0002")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
-                     " select 'u' || g, 'U' || g, 'Dr', g <> 5 from generate_series(1, 6) g")
-        conn.execute("update usersync.settings set delete_contact_with_user = true, delete_user_with_contact = true")
-        conn.execute("select usersync.set_sync_source(2, 'contact')")                # a reversed pair
-        conn.execute("update users set sync_to_contact = false where id = 3")      # a remembered contact
-        conn.execute("insert into contacts (first_name) values ('plain')")          # an ordinary contact
-        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
-        conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
+        _pairs_in_every_state(conn)
     return db
 
 
@@ -82,13 +87,7 @@ def released_0_4(new_database: Callable[[], Database]) -> Database:
     migrate.upgrade(db, "0004")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         examples.create_and_attach(conn)
-        conn.execute("insert into users (login, first_name, academic_title, sync_to_contact)"
-                     " select 'u' || g, 'U' || g, 'Dr', g <> 5 from generate_series(1, 6) g")
-        conn.execute("update usersync.settings set delete_contact_with_user = true")
-        conn.execute("select usersync.set_sync_source(2, 'contact')")                # a reversed pair
-        conn.execute("update users set sync_to_contact = false where id = 3")      # a remembered contact
-        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")  # all stale
-        conn.execute("update users set first_name = 'U1b' where id = 1")           # one brought up to date
+        _pairs_in_every_state(conn)
     return db
 
 
