@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import psycopg.sql
@@ -171,11 +170,6 @@ class Shape:
         step = self.fill_batch or n
         for start in range(1, n + 1, step):
             conn.execute(self.insert_users(min(step, n - start + 1), start))
-
-    def keys(self, conn: psycopg.Connection, ordinals: list[int]) -> list[Any]:
-        """The keys of the users `fill` made as numbers 1..n (their logins are 'user' || n)."""
-        ids = [r[0] for r in conn.execute(f"select id from {self.users} order by length(login), login")]
-        return [ids[i - 1] for i in ordinals]
 
     def name(self, scenario: str) -> str:
         return f"{self.label}: {scenario}" if self.label else scenario
