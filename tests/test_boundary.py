@@ -64,6 +64,27 @@ def test_a_restrictive_policy_hiding_contacts_makes_syncing_fail_loudly(owner_co
     assert one(conn, "select up_to_date from usersync.synchronized_contacts where user_id = %s::text", [uid]) is False
 
 
+def test_a_restrictive_policy_for_another_role_still_counts_the_engines_writes(owner_conn, app_conn, conn, pair):
+    # Granting that role to the engine later fires no event trigger, and would make the policy
+    # hide the contact from the engine: so any restrictive policy keeps the writes counted.
+    uid, cid = pair
+    role = "usersync_test_hidden"
+    conn.execute(f"drop role if exists {role}")
+    conn.execute(f"create role {role}")
+    try:
+        owner_conn.execute("alter table contacts enable row level security")
+        owner_conn.execute("create policy everyone on contacts using (true) with check (true)")
+        owner_conn.execute(f"create policy hide on contacts as restrictive for update to {role} using (false)")
+        conn.execute(f"grant {role} to usersync_engine")
+        with raises_sqlstate("US007"):
+            app_conn.execute("update users set first_name = 'Alicia' where id = %s", [uid])
+        assert contact(conn, cid)["first_name"] == "Alice"
+    finally:
+        conn.execute(f"revoke {role} from usersync_engine")
+        owner_conn.execute("drop policy if exists hide on contacts")
+        conn.execute(f"drop role {role}")
+
+
 def test_a_before_trigger_that_skips_the_engines_write_makes_it_fail_loudly(owner_conn, app_conn, conn, pair):
     uid, cid = pair
     owner_conn.execute("create function public.skip() returns trigger language plpgsql"

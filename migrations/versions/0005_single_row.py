@@ -18,7 +18,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-SHA256 = "44106f8da5b8b9ba8dcfaddd05628353656886f13b06a9892f8f944d59850abc"
+SHA256 = "49ce18c163d54a0c6cf3604c815db941c74207182dfb4bd5519ba51068344650"
 
 
 def upgrade() -> None:

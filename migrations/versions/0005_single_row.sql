@@ -1618,23 +1618,21 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- Can a write of the engine to this table be swallowed, i.e. touch fewer rows than it asked for?
--- Yes where row-level security can hide a row from the engine: a restrictive policy that applies
--- to it, or its own permissive policy (usersync.attach made it: every row, every command) missing
--- or changed; or with a BEFORE row trigger of the application (returning NULL skips the row, and
--- it can change a value). Only then do the generated functions count the rows each write touched
--- (US007, usersync._lost_write): the checks cost statements on every write, and row-level
--- security with only permissive policies for other roles (Supabase's) hides nothing from the
--- engine. Rules are refused on the module tables altogether (60_ddl_guard.sql). A new policy or
--- trigger regenerates the code (the DDL guard), or where the guard is off changes usersync._shape.
+-- Yes where row-level security can hide a row from the engine: a restrictive policy (for any
+-- role: one for a role the engine is later made a member of would apply to it, and granting a
+-- role fires no event trigger), or the engine's own permissive policy (usersync.attach made it:
+-- every row, every command) missing or changed; or with a BEFORE row trigger of the application
+-- (returning NULL skips the row, and it can change a value). Only then do the generated
+-- functions count the rows each write touched (US007, usersync._lost_write): the checks cost
+-- statements on every write, and row-level security with only permissive policies for other
+-- roles (Supabase's) hides nothing from the engine. Rules are refused on the module tables
+-- altogether (60_ddl_guard.sql). A new policy or trigger regenerates the code (the DDL guard), or
+-- where the guard is off changes usersync._shape.
 create or replace function usersync._gen_writes_can_vanish(p_rel regclass)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from pg_catalog.pg_class c
                     where c.oid = p_rel and c.relrowsecurity
-                      and (exists (select from pg_catalog.pg_policy p
-                                    where p.polrelid = p_rel and not p.polpermissive
-                                      and exists (select from pg_catalog.unnest(p.polroles) r(oid)
-                                                   where r.oid = 0
-                                                      or pg_catalog.pg_has_role('usersync_engine', r.oid, 'MEMBER')))
+                      and (exists (select from pg_catalog.pg_policy p where p.polrelid = p_rel and not p.polpermissive)
                            or not exists (select from pg_catalog.pg_policy p
                                            where p.polrelid = p_rel and p.polname = 'usersync_engine'
                                              and p.polpermissive and p.polcmd = '*'
