@@ -110,6 +110,26 @@ def test_sync_users_repairs_a_contact_deleted_behind_the_triggers(shape, app_con
     assert (new_cid == key) if shape.shared_key else (new_cid != cid)
 
 
+def test_a_user_inserted_again_under_a_key_whose_link_was_left_behind_gets_a_fresh_pair(shape, app_conn, conn):
+    # A delete that bypassed the triggers leaves the user's link behind; a new user with the same
+    # key replaces it (the insert trigger deletes such links before its plain INSERT of links).
+    if shape.new_key() is None or shape.shared_key:
+        pytest.skip("keys made by the table are never reused; a shared key links the contact it finds")
+    key = shape.add_user(app_conn, "erin", first_name="Erin")
+    old_cid = shape.contact_of(conn, key)
+    conn.execute("set session_replication_role = replica")
+    _delete(conn, shape.users_sql, shape.user_key, key)
+    conn.execute("reset session_replication_role")
+    cols = [shape.u("login"), sql.Identifier(shape.user_key), shape.u("first_name"), sql.Identifier(shape.switch)]
+    app_conn.execute(sql.SQL("insert into {} ({}) values (%s, %s, %s, true)").format(
+        shape.users_sql, sql.SQL(", ").join(cols)), ["erin again", key, "Erin II"])
+    new_cid = shape.contact_of(conn, key)
+    assert new_cid != old_cid
+    assert shape.contact(conn, new_cid)["first_name"] == "Erin II"
+    assert shape.contact(conn, old_cid)["first_name"] == "Erin"  # (an ordinary contact now)
+    assert one(conn, sql.SQL("select count(*) from {} where user_id = %s").format(shape.links(conn)), [key]) == 1
+
+
 def test_a_key_that_is_not_of_the_pairs_type_is_refused_with_a_hint(shape, admin_conn):
     if shape.name == "quoted":
         pytest.skip("any text is a valid text key")
