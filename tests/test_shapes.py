@@ -112,7 +112,7 @@ def test_sync_users_repairs_a_contact_deleted_behind_the_triggers(shape, app_con
 
 def test_a_user_inserted_again_under_a_key_whose_link_was_left_behind_gets_a_fresh_pair(shape, app_conn, conn):
     # A delete that bypassed the triggers leaves the user's link behind; a new user with the same
-    # key replaces it (the insert trigger deletes such links before its plain INSERT of links).
+    # key replaces it (the insert trigger's ON CONFLICT on the links).
     if shape.new_key() is None or shape.shared_key:
         pytest.skip("keys made by the table are never reused; a shared key links the contact it finds")
     key = shape.add_user(app_conn, "erin", first_name="Erin")

@@ -18,7 +18,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-SHA256 = "fea9b6070c038c4df140db926168aa59bdf01955a38ca8982cd56dda65dd5a3e"
+SHA256 = "49ce18c163d54a0c6cf3604c815db941c74207182dfb4bd5519ba51068344650"
 
 
 def upgrade() -> None:

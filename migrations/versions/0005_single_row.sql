@@ -2267,34 +2267,22 @@ declare
     expected bigint;
     written bigint;
     visible bigint;
-    any_on boolean;
-    left_behind boolean;
 begin
     @SHAPE_CHECK@
     @TRY@
     if @SHARED@ and exists (select from new_rows n join @C@ c on c.@CK@ = @CID_N@ where n.@SW@) then
         -- A shared key met a contact that already has it (rare): linked, not duplicated (see link).
         perform usersync.@G@link(array(select n.@UK@ from new_rows n where n.@SW@));
-        return null;
-    end if;
-    -- Any user to sync; any link left behind under a new user's key by a delete that bypassed
-    -- the triggers (it names a user that is gone)? Each new row probes the links' key (OFFSET 0:
-    -- a probe whatever size the plan was made for). Such links go first, so the links are then
-    -- written by a plain INSERT: ON CONFLICT's speculative insertion cost a fifth of a bulk
-    -- INSERT's time for a case that almost never happens.
-    select exists (select from new_rows n where n.@SW@),
-           exists (select from new_rows n
-                    where n.@SW@ and exists (select from @LINKS@ l where l.user_id = n.@UK@ offset 0))
-      into any_on, left_behind;
-    if left_behind then
-        delete from @LINKS@ l where l.user_id in (select n.@UK@ from new_rows n where n.@SW@);
-    end if;
-    if any_on then
+    elsif exists (select from new_rows n where n.@SW@) then
         with s as materialized (
             select @CID@ as new_id, x as usr from (select @U_SRC_N@ from new_rows n where n.@SW@) x),
         linked as (
+            -- ON CONFLICT: a link left behind by a delete that bypassed the triggers.
             insert into @LINKS@ (user_id, contact_id, source, active, mapping_version)
-            select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s)
+            select (s.usr).@UK@, s.new_id, 'user', true, @V@ from s
+            on conflict (user_id) do update
+               set contact_id = excluded.contact_id, source = 'user', active = true,
+                   mapping_version = excluded.mapping_version, synced_at = pg_catalog.now())
         insert into @C@ (@CK@, @C_COLS@) @OVR@
         select s.new_id, @C_IMG_S@ from s;
         if @GUARDED_C@ then
