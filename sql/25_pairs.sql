@@ -343,6 +343,20 @@ begin
 end
 $$;
 
+-- Is the engine's policy on this table as usersync._attach_grants makes it (permissive, every
+-- command, the engine alone, every row)? The DDL guard refuses any other; the generator counts
+-- the engine's writes where it is not (usersync._gen_writes_can_vanish).
+create or replace function usersync._engine_policy_as_made(p_rel regclass)
+returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
+    select exists (select from pg_catalog.pg_policy p
+                    where p.polrelid = p_rel and p.polname = 'usersync_engine'
+                      and p.polpermissive and p.polcmd = '*'
+                      and p.polroles = array[(select r.oid from pg_catalog.pg_roles r
+                                               where r.rolname = 'usersync_engine')]::pg_catalog.oid[]
+                      and pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
+                      and pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) = 'true')
+$$;
+
 -- What the engine needs on a pair's tables: the schema, the rows, the key's sequence, and a policy.
 create or replace function usersync._attach_grants(p_pair text)
 returns void

@@ -247,11 +247,7 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from pg_catalog.pg_class c
                     where c.oid = p_rel and c.relrowsecurity
                       and (exists (select from pg_catalog.pg_policy p where p.polrelid = p_rel and not p.polpermissive)
-                           or not exists (select from pg_catalog.pg_policy p
-                                           where p.polrelid = p_rel and p.polname = 'usersync_engine'
-                                             and p.polpermissive and p.polcmd = '*'
-                                             and pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
-                                             and pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) = 'true')))
+                           or not usersync._engine_policy_as_made(p_rel)))
         or exists (select from pg_catalog.pg_trigger t
                     where t.tgrelid = p_rel and not t.tgisinternal and (t.tgtype & 3) = 3
                       -- (the engine's own triggers, of any pair, call functions of its schema)
@@ -288,10 +284,10 @@ returns text language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- The columns of a pair's two tables, as far as the generated code depends on them: names,
--- types, NOT NULL, defaults, generated or dropped; their rules; whether writes can vanish. Where the DDL guard is off (installed without
--- a superuser, or its event triggers disabled), nothing regenerates the code when they change,
--- so the generated code compares this with what it was generated for on every call, and fails
--- rather than write the wrong columns.
+-- types, NOT NULL, defaults, generated or dropped; their rules; whether writes can vanish. Where
+-- the DDL guard is off (installed without a superuser, or its event triggers disabled), nothing
+-- regenerates the code when they change, so the generated code compares this with what it was
+-- generated for on every call, and fails rather than write the wrong columns.
 create or replace function usersync._shape(p_users regclass, p_contacts regclass)
 returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select pg_catalog.md5(pg_catalog.string_agg(

@@ -80,12 +80,8 @@ begin
                 hint = 'Keep the module table on its own.';
         end loop;
         -- The engine's policy, as usersync.attach() made it (missing only while attaching).
-        if exists (select from pg_catalog.pg_policy p where p.polrelid = m.relation and p.polname = 'usersync_engine'
-                      and not (p.polpermissive and p.polcmd = '*'
-                               and p.polroles = array[(select r.oid from pg_catalog.pg_roles r
-                                                        where r.rolname = 'usersync_engine')]::pg_catalog.oid[]
-                               and pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
-                               and pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) = 'true'))
+        if (exists (select from pg_catalog.pg_policy p where p.polrelid = m.relation and p.polname = 'usersync_engine')
+            and not usersync._engine_policy_as_made(m.relation))
            or (not p_missing_triggers_allowed
                and not exists (select from pg_catalog.pg_policy p
                                 where p.polrelid = m.relation and p.polname = 'usersync_engine')) then

@@ -18,7 +18,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-SHA256 = "49ce18c163d54a0c6cf3604c815db941c74207182dfb4bd5519ba51068344650"
+SHA256 = "439e434f7976eef3f8bd754c12e1127f8300234cd4b865f714603610102209f2"
 
 
 def upgrade() -> None:
@@ -42,6 +42,7 @@ def downgrade() -> None:
         $$;
         drop function if exists usersync._engine_triggers(integer);
         drop function if exists usersync._trigger_statement(text, text, regclass, text, text);
+        drop function if exists usersync._engine_policy_as_made(regclass);
     """)
     run_sql(frozen_sql(__file__, "0004_pairs.sql", sha256=_revision_0004().SHA256))
 
