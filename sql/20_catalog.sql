@@ -226,8 +226,10 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
            null::text
       from (values ('users', 'after_insert', 'on_users_insert',
                     'after insert on %s referencing new table as new_rows for each statement'),
+                   -- A row trigger with the transition tables: one row is synced on its own, a statement
+                   -- of many rows set-based by one of its calls (see the template).
                    ('users', 'after_update', 'on_users_update',
-                    'after update on %s referencing old table as old_rows new table as new_rows for each statement'),
+                    'after update on %s referencing old table as old_rows new table as new_rows for each row'),
                    ('users', 'after_delete', 'on_users_delete',
                     'after delete on %s referencing old table as old_rows for each statement'),
                    ('users', 'before_truncate', 'on_users_truncate',

@@ -205,7 +205,9 @@ $$;
 -- Can a synchronized write fail on a value? Yes when a mapped pair's types differ (a cast may
 -- reject or a typmod truncate), or when a constraint other than the keys watches a column the
 -- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
--- functions pay for an exception block to name the culprit.
+-- functions pay for an exception block to name the culprit. Not a contacts key referencing its
+-- own user's key in a shared-key pair (Supabase's profiles.id references auth.users.id): the
+-- engine writes that key only as the key of a user that exists.
 create or replace function usersync._gen_writes_can_fail(p_pair text)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from usersync.field_mapping m
@@ -221,6 +223,13 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
         or exists (select from usersync.modules mo
                      join pg_catalog.pg_constraint k on k.conrelid = mo.relation
                     where mo.pair = p_pair and k.contype in ('c', 'u', 'x', 'f')
+                      and not exists (select from usersync.attachments a
+                                       where a.pair = p_pair and a.shared_key and mo.module = 'contacts'
+                                         and k.contype = 'f' and k.confrelid = a.users
+                                         and k.conkey = array[(select x.attnum from pg_catalog.pg_attribute x
+                                                                where x.attrelid = a.contacts and x.attname = a.contact_key)]
+                                         and k.confkey = array[(select x.attnum from pg_catalog.pg_attribute x
+                                                                 where x.attrelid = a.users and x.attname = a.user_key)])
                       and (mo.module = 'contacts'
                            or exists (select from pg_catalog.pg_attribute a
                                        where a.attrelid = mo.relation and a.attnum = any(k.conkey)
@@ -518,6 +527,7 @@ begin
         'PINS', usersync._gen_pins(a.pair),
         'V', (select s.version from usersync.mapping_state s where s.pair = a.pair)::text,
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
+        'SMALL_ROWS', '8',  -- up to this many rows, an UPDATE's rows are synced one by one (@G@on_users_update)
         'CID', cid,
         'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
         'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
@@ -534,16 +544,20 @@ begin
         'C_COLS', usersync._gen_contact_cols(a.pair),
         'C_IMG_S', usersync._gen_contact_image(a.pair, '(s.usr)'),
         'C_IMG_N', usersync._gen_contact_image(a.pair, 'n'),
-        'C_IMG_U', usersync._gen_contact_image(a.pair, 'u'),
+        'C_IMG_U', usersync._gen_contact_image(a.pair, 'u')
+    ) || pg_catalog.jsonb_build_object(  -- (a function takes at most 100 arguments)
+        'C_IMG_NEW', usersync._gen_contact_image(a.pair, 'new'),
         'HAS_MAP', (exists (select from usersync.field_mapping m where m.pair = a.pair))::text,
         'U_COLS', coalesce(usersync._gen_mapped_user_cols(a.pair), pg_catalog.quote_ident(a.user_key)),
         'U_IMG_C', coalesce(usersync._gen_user_image(a.pair, 'c'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_IMG_NEW', coalesce(usersync._gen_user_image(a.pair, 'new'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_CHANGED', usersync._gen_changed(a.pair, 'users', 'o', 'n'),
+        'U_CHANGED_ROW', usersync._gen_changed(a.pair, 'users', 'old', 'new'),
         'U_FIRST_CHANGED', usersync._gen_first_changed(a.pair, 'users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed(a.pair, 'contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same(a.pair, 'c', 'u'),
         'C_SAME_N', usersync._gen_contact_same(a.pair, 'c', 'n'),
+        'C_SAME_NEW', usersync._gen_contact_same(a.pair, 'c', 'new'),
         'KEPT_CU', usersync._gen_mapped_same(a.pair, 'c', 'u'),
         'KEPT_CN', usersync._gen_mapped_same(a.pair, 'c', 'n'),
         'KEPT_NEWU', usersync._gen_mapped_same(a.pair, 'new', 'u'),

@@ -4,8 +4,10 @@
 -- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
--- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change", @C_SAME@/@C_SAME_N@
--- "contact c is the image of user row u / n", @HAS_MAP@.
+-- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change" (@U_CHANGED_ROW@:
+-- between a row trigger's OLD and NEW), @C_SAME@/@C_SAME_N@/@C_SAME_NEW@ "contact c is the image
+-- of user row u / n / NEW", @HAS_MAP@, @SMALL_ROWS@/@BULK_ROWS@ the statement sizes where the
+-- update trigger goes set-based / plans per call.
 -- @G@ the prefix of the pair's generated functions (_g<id>_), @LINKS@ its links table, @PAIR@ its
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@/@CID_N@: that key, of the user row aliased u / n), @HAS_SW@ false for a pair without a switch
@@ -358,13 +360,47 @@ declare
     any_stale boolean;
     any_switched boolean;
     usersync_bulk boolean;
+    usersync_many boolean;
+    first_key @UKT@;
 begin
+    -- A row trigger that sees the statement's transition tables (usersync._engine_triggers), so
+    -- that one row costs what a hand-written row trigger costs and a bulk statement stays
+    -- set-based (docs/performance.md). A statement of more than @SMALL_ROWS@ rows (or on a table
+    -- whose writes are counted) is synced by the call for its first row, set-based, below; the
+    -- calls for its other rows return here. Each key is in new_rows once, so exactly one call
+    -- does it, whatever order the calls come in; the question reads at most @SMALL_ROWS@ + 1 rows.
+    select exists (select from new_rows offset @SMALL_ROWS@), (select n.@UK@ from new_rows n limit 1)
+      into usersync_many, first_key;
+    if (usersync_many or @GUARDED_C@) and new.@UK@ is distinct from first_key then
+        return null;
+    end if;
     @SHAPE_CHECK@
     @TRY@
-    -- This runs for every UPDATE of users, and most of them change one row: the common case is
-    -- two statements, this one and the contact update below (docs/performance.md). Is this a bulk
-    -- statement; is any pair reversed; does a row's switch disagree with its link (switched on or
-    -- off: a row whose key changed has been refused by the rekey trigger); may a pair be stale?
+    if not (usersync_many or @GUARDED_C@) and old.@SW@ is not distinct from new.@SW@ then
+        -- A few rows, this one's switch unchanged: the common case, this row on its own. A mapped
+        -- field changed: its contact becomes the image of the user, through a link that is the
+        -- user's, up to date with the mapping (not stale), whose contact is not that image yet.
+        -- Nothing mapped changed: nothing to do, unless the switch disagrees with the link.
+        -- Anything else (a reversed or stale link, a missing one) is for the set-based code below.
+        if (@U_CHANGED_ROW@) then
+            if new.@SW@ then
+                update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
+                  from @LINKS@ l
+                 where l.user_id = new.@UK@ and l.active and l.source = 'user' and l.mapping_version = @V@
+                   and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
+                if found then
+                    return null;
+                end if;
+            end if;
+        elsif new.@SW@ is not distinct from exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active) then
+            return null;
+        end if;
+    end if;
+
+    -- The statement, set-based: all of new_rows (a statement of many rows is here once). Is it
+    -- a bulk statement; is any pair reversed; does a row's switch disagree with its link
+    -- (switched on or off; a linked row whose key changed is refused by the rekey trigger); may a
+    -- pair be stale?
     -- Only the statement's new rows, each probing the links' key (OFFSET 0 keeps it a probe: as
     -- a hashed subplan it would read all of the links): linear at any size, whatever size the
     -- plan was made for.

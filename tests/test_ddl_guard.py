@@ -65,9 +65,22 @@ def test_uninstalling_with_drop_schema_is_allowed_and_leaves_plain_tables(conn):
     assert one(conn, "select count(*) from pg_trigger where tgname like 'usersync%%'") == 0
 
 
-def _has_exception_block(conn) -> bool:
+def _has_exception_block(conn, pair: int = 1) -> bool:
     return one(conn, "select prosrc like '%%exception when%%' from pg_proc"
-                     " where oid = 'usersync._g1_on_users_update'::regproc")
+                     " where oid = format('usersync._g%%s_on_users_update', %s::int)::regproc", [pair])
+
+
+def test_a_contact_key_referencing_its_own_user_is_no_reason_for_error_naming(conn):
+    # Supabase's profiles.id references auth.users.id: the engine writes that key only as the key
+    # of a user that exists, so the foreign key cannot fail on what the engine writes.
+    conn.execute("create table people (id bigint primary key, first_name text)")
+    conn.execute("create table cards (id bigint primary key references people (id) on delete cascade,"
+                 " first_name text)")
+    conn.execute("select usersync.attach('people', 'cards', shared_key => true, pair => 'cards')")
+    pair = one(conn, "select id from usersync.attachments where pair = 'cards'")
+    assert not _has_exception_block(conn, pair)
+    conn.execute("alter table cards add column owner bigint references people (id)")
+    assert _has_exception_block(conn, pair)
 
 
 def test_the_engine_pays_for_error_naming_only_when_a_synced_value_can_fail(conn):

@@ -124,6 +124,29 @@ def test_bulk_insert_select_copy_and_update_sync_every_row(conn):
     assert mismatches(conn) == []
 
 
+@pytest.mark.parametrize("rows", [3, 30], ids=["few rows, one by one", "many rows, set-based"])
+def test_one_update_that_edits_switches_on_and_switches_off_syncs_every_row(writer, conn, rows):
+    # A statement of up to 8 rows is synced row by row (a row that is not the common case takes
+    # the set-based code); a bigger one once, set-based, by the call for its first row, whichever
+    # row that is: here the first user, switched off and staying so).
+    ids = [add_user(writer, f"mix{i}", sync=i % 3 != 0, first_name=f"M{i}") for i in range(rows)]
+    cids = {uid: contact_id(conn, uid) for uid in ids}
+    writer.execute("update users set first_name = first_name || '!',"
+                   " sync_to_contact = case when id %% 3 = %s then not sync_to_contact else sync_to_contact end"
+                   " where id = any(%s)", [ids[2] % 3, ids])
+    for i, uid in enumerate(ids):
+        was_on = i % 3 != 0
+        now_on = was_on != (uid % 3 == ids[2] % 3)
+        cid = contact_id(conn, uid)
+        if now_on:
+            assert contact(conn, cid)["first_name"] == f"M{i}!"
+        else:
+            assert cid is None
+            if was_on:  # the contact stays, as it was when the link ended
+                assert contact(conn, cids[uid])["first_name"] in (f"M{i}", f"M{i}!")
+    assert mismatches(conn) == []
+
+
 def test_insert_on_conflict_and_merge_on_users_sync_the_contacts(writer, conn):
     uid = add_user(writer, "jack", first_name="Jack")
     writer.execute("insert into users (login, first_name, sync_to_contact) values ('jack', 'Jacques', true),"

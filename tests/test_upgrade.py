@@ -80,15 +80,24 @@ def test_upgrading_the_released_version_keeps_mapping_settings_links_and_behavio
         assert mismatches(conn) == []
 
 
-@pytest.fixture
-def released_0_4(new_database: Callable[[], Database]) -> Database:
-    """Revision 0004 with the example tables attached and a pair in every state."""
+def _released(new_database: Callable[[], Database], revision: str) -> Database:
+    """A released revision with the example tables attached and a pair in every state."""
     db = new_database()
-    migrate.upgrade(db, "0004")
+    migrate.upgrade(db, revision)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         examples.create_and_attach(conn)
         _pairs_in_every_state(conn)
     return db
+
+
+@pytest.fixture
+def released_0_4(new_database: Callable[[], Database]) -> Database:
+    return _released(new_database, "0004")
+
+
+@pytest.fixture(params=["0004", "0005"])
+def release_with_pairs(new_database: Callable[[], Database], request: pytest.FixtureRequest) -> tuple[Database, str]:
+    return _released(new_database, request.param), request.param
 
 
 def test_upgrading_0_4_keeps_pairs_links_and_state_and_adds_the_rekey_trigger(released_0_4: Database):
@@ -114,15 +123,37 @@ def test_upgrading_0_4_keeps_pairs_links_and_state_and_adds_the_rekey_trigger(re
         assert one(conn, "select count(*) from contacts where first_name = 'U4b'") == 0
 
 
-def test_downgrading_to_0_4_and_upgrading_again_gives_the_same_schema(released_0_4: Database):
+def test_downgrading_to_a_release_and_upgrading_again_gives_the_same_schema(release_with_pairs: tuple[Database, str]):
+    db, revision = release_with_pairs
+
     def state() -> dict:
-        with psycopg.connect(released_0_4.conninfo) as conn:
+        with psycopg.connect(db.conninfo) as conn:
             return snapshot(conn)
 
-    at_0004 = state()
-    migrate.upgrade(released_0_4)
+    at_release = state()
+    migrate.upgrade(db)
     upgraded = state()
-    migrate.downgrade(released_0_4, "0004")
-    assert state() == at_0004
-    migrate.upgrade(released_0_4)
+    migrate.downgrade(db, revision)
+    assert state() == at_release
+    migrate.upgrade(db)
     assert state() == upgraded
+
+
+def test_upgrading_0_5_makes_the_update_trigger_a_row_trigger_and_keeps_every_pair(new_database):
+    db = _released(new_database, "0005")
+    with psycopg.connect(db.conninfo) as conn:
+        before = conn.execute(STATE).fetchone()
+        level = "select tgtype & 1 from pg_trigger where tgname = 'usersync_1_after_update'"  # 1: FOR EACH ROW
+        assert one(conn, level) == 0
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        assert conn.execute(STATE).fetchone() == before
+        assert one(conn, level) == 1
+        with raises_sqlstate("US002"):
+            conn.execute("update users set first_name = 'x' where id = 2")
+        conn.execute("update users set first_name = 'U4c' where id = 4")
+        cid4 = one(conn, "select contact_id from usersync.links_1 where user_id = 4")
+        assert contact(conn, cid4)["first_name"] == "U4c"
+        conn.execute("call usersync.resync_all()")
+        assert mismatches(conn) == []
+        assert one(conn, "select count(*) from usersync.doctor()") == 0

@@ -1,0 +1,43 @@
+"""row-level update trigger: users' AFTER UPDATE trigger becomes a row trigger that sees the
+statement's transition tables. A statement of a few rows syncs each row on its own (one UPDATE
+of its contact, as a hand-written row trigger does); a statement of many rows is synced
+set-based, once, by the call for its first row.
+
+Revision ID: 0006
+Revises: 0005
+
+0006_row_update.sql is sql/00-65 and sql/90_install.sql, frozen (python -m pyapp._freeze); 90_install.sql
+regenerates every pair and replaces its update trigger.
+"""
+
+from types import ModuleType
+
+from pyapp.migrate import frozen_sql, run_sql
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+SHA256 = "ee2866cb43a3dfd649642c23e7f0c42bc42f627e8c8c6324ace52143e36f5ee7"
+
+
+def upgrade() -> None:
+    run_sql(frozen_sql(__file__, "0006_row_update.sql", sha256=SHA256))
+
+
+def downgrade() -> None:
+    # Back to 0005's code: its definition, run again, regenerates every pair as 0005 wrote it and
+    # puts the statement-level update trigger back. This revision added no object of its own.
+    run_sql(frozen_sql(__file__, "0005_single_row.sql", sha256=_revision_0005().SHA256))
+
+
+def _revision_0005() -> ModuleType:  # (a module whose name starts with a digit: imported by path)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("usersync_0005", Path(__file__).with_name("0005_single_row.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
