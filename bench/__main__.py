@@ -474,7 +474,9 @@ refuses `COPY FROM` where row-level security applies.
 {pgbench_text}{bulk}{cost}## Memory
 
 No step materializes all rows: the triggers work on PostgreSQL's transition tables (tuplestores
-that spill to disk past `work_mem`) inside set-based statements; `resync_all` holds one batch of
+that spill to disk past `work_mem`) inside set-based statements. The users' update trigger is a
+row trigger, so an UPDATE also queues one trigger event per row and pair until the statement
+ends, in memory (a few dozen bytes each), as any row trigger does. `resync_all` holds one batch of
 ids at a time (`batch_size` bigints) and commits after each; the Python resync only reads
 counters. One exception, by design: `usersync.sync_users(NULL)` collects the ids of every user
 whose switch is on into one array (8 bytes per user: 8 MB for a million) and syncs them in one

@@ -253,8 +253,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
      where usersync._fk_restricts(p_id)
     union all
     -- A user's key must not change while it is linked. A row trigger whose WHEN lets only such
-    -- rows through, so the statement trigger above need not compare the old rows with the new
-    -- ones on every UPDATE (not UPDATE OF: a BEFORE trigger can change a key the SET list does
+    -- rows through, so the update trigger above need not compare the old rows with the new ones
+    -- on every UPDATE (not UPDATE OF: a BEFORE trigger can change a key the SET list does
     -- not name).
     select 'users', 'usersync_' || p_id || '_after_rekey', 'usersync._g' || p_id || '_on_users_rekey()',
            'after update on %s for each row', pg_catalog.format('old.%1$I is distinct from new.%1$I', a.user_key)

@@ -206,8 +206,10 @@ $$;
 -- reject or a typmod truncate), or when a constraint other than the keys watches a column the
 -- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
 -- functions pay for an exception block to name the culprit. Not a contacts key referencing its
--- own user's key in a shared-key pair (Supabase's profiles.id references auth.users.id): the
--- engine writes that key only as the key of a user that exists.
+-- own user's key, of the same type, in a shared-key pair (Supabase's profiles.id references
+-- auth.users.id): the engine writes that key only as the key of a user it has just read (an
+-- application's AFTER trigger that deletes the user first still fails the statement, with
+-- PostgreSQL's own message). Of another type, a cast could change the key.
 create or replace function usersync._gen_writes_can_fail(p_pair text)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from usersync.field_mapping m
@@ -225,6 +227,8 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
                     where mo.pair = p_pair and k.contype in ('c', 'u', 'x', 'f')
                       and not exists (select from usersync.attachments a
                                        where a.pair = p_pair and a.shared_key and mo.module = 'contacts'
+                                         and usersync._key_type(a.users, a.user_key)
+                                             = usersync._key_type(a.contacts, a.contact_key)
                                          and k.contype = 'f' and k.confrelid = a.users
                                          and k.conkey = array[(select x.attnum from pg_catalog.pg_attribute x
                                                                 where x.attrelid = a.contacts and x.attname = a.contact_key)]
@@ -552,7 +556,6 @@ begin
         'U_IMG_C', coalesce(usersync._gen_user_image(a.pair, 'c'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_IMG_NEW', coalesce(usersync._gen_user_image(a.pair, 'new'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_CHANGED', usersync._gen_changed(a.pair, 'users', 'o', 'n'),
-        'U_CHANGED_ROW', usersync._gen_changed(a.pair, 'users', 'old', 'new'),
         'U_FIRST_CHANGED', usersync._gen_first_changed(a.pair, 'users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed(a.pair, 'contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same(a.pair, 'c', 'u'),

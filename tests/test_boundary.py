@@ -169,6 +169,23 @@ def test_keys_of_unlinked_rows_change_freely(app_conn, conn):
     assert one(conn, "select count(*) from usersync.links_1") == 0
 
 
+def test_moving_an_unlinked_user_onto_a_freed_key_and_switching_it_on_is_refused_in_one_statement(app_conn, conn):
+    # A documented limit (docs/sql-api.md, behaviour 11): an earlier row of the statement that
+    # switches on runs the set-based code, which links the user now holding the freed key before
+    # the key check of the row that left it, which then sees a link under its old key. Refused,
+    # never half-done; in two statements it works.
+    c, a, b = (add_user(app_conn, login, sync=False) for login in ("c", "a", "b"))  # scanned in this order
+    with raises_sqlstate("US008"):
+        app_conn.execute(f"update users set id = case id when {a} then {a} + 1000 when {b} then {a} else id end,"
+                         f" sync_to_contact = (id in ({c}, {b})) where id in ({c}, {a}, {b})")
+    assert one(conn, "select count(*) from usersync.links_1") == 0
+    app_conn.execute("update users set id = id + 1000 where id = %s", [a])
+    app_conn.execute(f"update users set id = case id when {b} then {a} else id end, sync_to_contact = true"
+                     f" where id in ({c}, {b})")
+    assert one(conn, "select count(*) from usersync.links_1") == 2 and contact_id(conn, a) is not None
+    assert mismatches(conn) == []
+
+
 # --- 6. Session settings --------------------------------------------------------------------
 
 SESSIONS = [

@@ -81,6 +81,10 @@ def test_a_contact_key_referencing_its_own_user_is_no_reason_for_error_naming(co
     assert not _has_exception_block(conn, pair)
     conn.execute("alter table cards add column owner bigint references people (id)")
     assert _has_exception_block(conn, pair)
+    # Keys of different types: a cast could change the key, so the foreign key can fail.
+    conn.execute("create table small_cards (id integer primary key references people (id), first_name text)")
+    conn.execute("select usersync.attach('people', 'small_cards', shared_key => true, pair => 'small')")
+    assert _has_exception_block(conn, one(conn, "select id from usersync.attachments where pair = 'small'"))
 
 
 def test_the_engine_pays_for_error_naming_only_when_a_synced_value_can_fail(conn):

@@ -147,6 +147,21 @@ def test_one_update_that_edits_switches_on_and_switches_off_syncs_every_row(writ
     assert mismatches(conn) == []
 
 
+@pytest.mark.parametrize("rows", [1, 20], ids=["one row", "many rows"])
+def test_a_value_equal_in_its_type_but_written_differently_reaches_the_contact(conn, rows):
+    # numeric 10.5 = 10.50, but the contact's text is '10.5' or '10.50': the contact must become
+    # the image of the user whatever the statement's size (the one-row path compares the images,
+    # not the user's old and new values).
+    conn.execute("alter table users add column price numeric")
+    conn.execute("alter table contacts add column price text")
+    conn.execute("insert into usersync.field_mapping values ('price', 'price')")
+    ids = [add_user(conn, f"p{i}", price=10.5) for i in range(rows)]
+    assert contact(conn, contact_id(conn, ids[0]))["price"] == "10.5"
+    conn.execute("update users set price = 10.50 where id = any(%s)", [ids])
+    assert {contact(conn, contact_id(conn, uid))["price"] for uid in ids} == {"10.50"}
+    assert mismatches(conn) == []
+
+
 def test_insert_on_conflict_and_merge_on_users_sync_the_contacts(writer, conn):
     uid = add_user(writer, "jack", first_name="Jack")
     writer.execute("insert into users (login, first_name, sync_to_contact) values ('jack', 'Jacques', true),"

@@ -19,7 +19,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-SHA256 = "ee2866cb43a3dfd649642c23e7f0c42bc42f627e8c8c6324ace52143e36f5ee7"
+SHA256 = "dd7ef3442a8d29a6b9a10fd1e1bb97ad6a813c9e2a9570e3de1a6a9801725f7b"
 
 
 def upgrade() -> None:

@@ -315,8 +315,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
      where usersync._fk_restricts(p_id)
     union all
     -- A user's key must not change while it is linked. A row trigger whose WHEN lets only such
-    -- rows through, so the statement trigger above need not compare the old rows with the new
-    -- ones on every UPDATE (not UPDATE OF: a BEFORE trigger can change a key the SET list does
+    -- rows through, so the update trigger above need not compare the old rows with the new ones
+    -- on every UPDATE (not UPDATE OF: a BEFORE trigger can change a key the SET list does
     -- not name).
     select 'users', 'usersync_' || p_id || '_after_rekey', 'usersync._g' || p_id || '_on_users_rekey()',
            'after update on %s for each row', pg_catalog.format('old.%1$I is distinct from new.%1$I', a.user_key)
@@ -1603,8 +1603,10 @@ $$;
 -- reject or a typmod truncate), or when a constraint other than the keys watches a column the
 -- engine writes: NOT NULL, CHECK, UNIQUE, EXCLUDE, FOREIGN KEY. Only then do the generated
 -- functions pay for an exception block to name the culprit. Not a contacts key referencing its
--- own user's key in a shared-key pair (Supabase's profiles.id references auth.users.id): the
--- engine writes that key only as the key of a user that exists.
+-- own user's key, of the same type, in a shared-key pair (Supabase's profiles.id references
+-- auth.users.id): the engine writes that key only as the key of a user it has just read (an
+-- application's AFTER trigger that deletes the user first still fails the statement, with
+-- PostgreSQL's own message). Of another type, a cast could change the key.
 create or replace function usersync._gen_writes_can_fail(p_pair text)
 returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
     select exists (select from usersync.field_mapping m
@@ -1622,6 +1624,8 @@ returns boolean language sql stable set search_path = pg_catalog, pg_temp as $$
                     where mo.pair = p_pair and k.contype in ('c', 'u', 'x', 'f')
                       and not exists (select from usersync.attachments a
                                        where a.pair = p_pair and a.shared_key and mo.module = 'contacts'
+                                         and usersync._key_type(a.users, a.user_key)
+                                             = usersync._key_type(a.contacts, a.contact_key)
                                          and k.contype = 'f' and k.confrelid = a.users
                                          and k.conkey = array[(select x.attnum from pg_catalog.pg_attribute x
                                                                 where x.attrelid = a.contacts and x.attname = a.contact_key)]
@@ -1949,7 +1953,6 @@ begin
         'U_IMG_C', coalesce(usersync._gen_user_image(a.pair, 'c'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_IMG_NEW', coalesce(usersync._gen_user_image(a.pair, 'new'), 'u.' || pg_catalog.quote_ident(a.user_key)),
         'U_CHANGED', usersync._gen_changed(a.pair, 'users', 'o', 'n'),
-        'U_CHANGED_ROW', usersync._gen_changed(a.pair, 'users', 'old', 'new'),
         'U_FIRST_CHANGED', usersync._gen_first_changed(a.pair, 'users', 'o', 'n'),
         'C_CHANGED', usersync._gen_changed(a.pair, 'contacts', 'old', 'new'),
         'C_SAME', usersync._gen_contact_same(a.pair, 'c', 'u'),
@@ -1991,10 +1994,10 @@ $gen$;
 -- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
 -- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
--- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change" (@U_CHANGED_ROW@:
--- between a row trigger's OLD and NEW), @C_SAME@/@C_SAME_N@/@C_SAME_NEW@ "contact c is the image
--- of user row u / n / NEW", @HAS_MAP@, @SMALL_ROWS@/@BULK_ROWS@ the statement sizes where the
--- update trigger goes set-based / plans per call.
+-- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change",
+-- @C_SAME@/@C_SAME_N@/@C_SAME_NEW@ "contact c is the image of user row u / n / NEW", @HAS_MAP@,
+-- @SMALL_ROWS@/@BULK_ROWS@ the statement sizes where the update trigger goes set-based / where
+-- statements on transition tables are planned per call.
 -- @G@ the prefix of the pair's generated functions (_g<id>_), @LINKS@ its links table, @PAIR@ its
 -- name as a literal, @UKT@/@CKT@ the key types, @SHARED@ true when the contact's key is its user's
 -- (@CID_U@/@CID_N@: that key, of the user row aliased u / n), @HAS_SW@ false for a pair without a switch
@@ -2347,39 +2350,55 @@ declare
     any_stale boolean;
     any_switched boolean;
     usersync_bulk boolean;
-    usersync_many boolean;
-    first_key @UKT@;
+    usersync_path text;
 begin
     -- A row trigger that sees the statement's transition tables (usersync._engine_triggers), so
     -- that one row costs what a hand-written row trigger costs and a bulk statement stays
-    -- set-based (docs/performance.md). A statement of more than @SMALL_ROWS@ rows (or on a table
-    -- whose writes are counted) is synced by the call for its first row, set-based, below; the
-    -- calls for its other rows return here. Each key is in new_rows once, so exactly one call
-    -- does it, whatever order the calls come in; the question reads at most @SMALL_ROWS@ + 1 rows.
-    select exists (select from new_rows offset @SMALL_ROWS@), (select n.@UK@ from new_rows n limit 1)
-      into usersync_many, first_key;
-    if (usersync_many or @GUARDED_C@) and new.@UK@ is distinct from first_key then
+    -- set-based (docs/performance.md). One question decides this call's path:
+    --   skip  a statement of more than @SMALL_ROWS@ rows (or on a table whose writes are counted)
+    --         is synced by the call for the first row of new_rows, set-based, below; the others
+    --         return. Every row of new_rows has its call, so at least one call does it, whatever
+    --         order they come in (a key twice in new_rows, as a foreign key's cascade can make,
+    --         only repeats the set-based code, which then changes nothing). The question reads
+    --         at most @SMALL_ROWS@ + 1 rows and compares the keys in SQL, with the column's own
+    --         type and collation;
+    --   row   a few rows, this user synchronized and its switch unchanged: the common case;
+    --   off   a few rows, this user not synchronized, its switch unchanged;
+    --   set   the set-based code, over all of new_rows.
+    -- (Each PL/pgSQL expression is prepared again in every transaction: the hot path has few.)
+    select case when exists (select from new_rows offset @SMALL_ROWS@) or @GUARDED_C@
+                then case when new.@UK@ is not distinct from (select n.@UK@ from new_rows n limit 1)
+                          then 'set' else 'skip' end
+                when old.@SW@ is distinct from new.@SW@ then 'set'
+                when new.@SW@ then 'row'
+                else 'off' end
+      into usersync_path;
+    if usersync_path = 'skip' then
         return null;
     end if;
     @SHAPE_CHECK@
     @TRY@
-    if not (usersync_many or @GUARDED_C@) and old.@SW@ is not distinct from new.@SW@ then
-        -- A few rows, this one's switch unchanged: the common case, this row on its own. A mapped
-        -- field changed: its contact becomes the image of the user, through a link that is the
-        -- user's, up to date with the mapping (not stale), whose contact is not that image yet.
-        -- Nothing mapped changed: nothing to do, unless the switch disagrees with the link.
-        -- Anything else (a reversed or stale link, a missing one) is for the set-based code below.
-        if (@U_CHANGED_ROW@) then
-            if new.@SW@ then
-                update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
-                  from @LINKS@ l
-                 where l.user_id = new.@UK@ and l.active and l.source = 'user' and l.mapping_version = @V@
-                   and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
-                if found then
-                    return null;
-                end if;
-            end if;
-        elsif new.@SW@ is not distinct from exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active) then
+    if usersync_path = 'row' then
+        -- The contact becomes the image of NEW, through a link that is the user's and up to
+        -- date with the mapping (not stale), unless it is that image already (an unmapped field
+        -- changed: the link is then probed once more, and nothing is written). "Is the image"
+        -- compares after conversion, as the set-based code does, not "did a mapped field
+        -- change": where types differ, 10.5 and 10.50 are one numeric but two texts. Anything
+        -- else (a reversed or stale link, a missing one) is for the set-based code below.
+        update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
+          from @LINKS@ l
+         where l.user_id = new.@UK@ and l.active and l.source = 'user' and l.mapping_version = @V@
+           and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
+        if found then
+            return null;
+        end if;
+        if exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active and l.source = 'user'
+                                           and l.mapping_version = @V@) then
+            return null;
+        end if;
+    elsif usersync_path = 'off' then
+        -- Nothing to do if it has no link (one that is left is ended below).
+        if not exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active) then
             return null;
         end if;
     end if;
