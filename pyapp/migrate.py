@@ -189,6 +189,20 @@ def frozen_sql(revision_file: str, name: str, sha256: str) -> str:
     return text
 
 
+def earlier_frozen_sql(revision_file: str, earlier_revision: str, name: str) -> str:
+    """The frozen SQL of an earlier revision beside this one, checked against that revision's own
+    SHA256: a downgrade runs it again to put that revision's code back. (Revision modules' names
+    start with a digit, so the module is loaded by its path.)"""
+    import importlib.util
+
+    path = Path(revision_file).with_name(earlier_revision)
+    spec = importlib.util.spec_from_file_location(f"usersync_revision_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozen_sql(str(path), name, sha256=module.SHA256)
+
+
 def run_sql(text: str) -> None:
     """Run a multi-statement SQL script inside the migration's transaction."""
     import sqlalchemy as sa

@@ -90,27 +90,27 @@ def _released(new_database: Callable[[], Database], revision: str) -> Database:
     return db
 
 
-@pytest.fixture
-def released_0_4(new_database: Callable[[], Database]) -> Database:
-    return _released(new_database, "0004")
-
-
 @pytest.fixture(params=["0004", "0005"])
 def release_with_pairs(new_database: Callable[[], Database], request: pytest.FixtureRequest) -> tuple[Database, str]:
     return _released(new_database, request.param), request.param
 
 
-def test_upgrading_0_4_keeps_pairs_links_and_state_and_adds_the_rekey_trigger(released_0_4: Database):
-    with psycopg.connect(released_0_4.conninfo) as conn:
+def test_upgrading_a_release_keeps_pairs_links_and_state_with_the_rekey_and_row_level_update_triggers(
+        release_with_pairs: tuple[Database, str]):
+    db, _revision = release_with_pairs
+    level = "select tgtype & 1 from pg_trigger where tgname = 'usersync_1_after_update'"  # 1: FOR EACH ROW
+    with psycopg.connect(db.conninfo) as conn:
         before = conn.execute(STATE).fetchone()
         stale_before = conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
                                     " order by 1").fetchall()
-    migrate.upgrade(released_0_4)
-    with psycopg.connect(released_0_4.conninfo, autocommit=True) as conn:
+        assert one(conn, level) == 0
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
         assert conn.execute(STATE).fetchone() == before
         assert conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
                             " order by 1").fetchall() == stale_before
         assert one(conn, "select count(*) from pg_trigger where tgname = 'usersync_1_after_rekey'") == 1
+        assert one(conn, level) == 1
         with raises_sqlstate("US002"):
             conn.execute("update users set first_name = 'x' where id = 2")
         conn.execute("update users set first_name = 'U4b' where id = 4")
@@ -137,23 +137,3 @@ def test_downgrading_to_a_release_and_upgrading_again_gives_the_same_schema(rele
     assert state() == at_release
     migrate.upgrade(db)
     assert state() == upgraded
-
-
-def test_upgrading_0_5_makes_the_update_trigger_a_row_trigger_and_keeps_every_pair(new_database):
-    db = _released(new_database, "0005")
-    with psycopg.connect(db.conninfo) as conn:
-        before = conn.execute(STATE).fetchone()
-        level = "select tgtype & 1 from pg_trigger where tgname = 'usersync_1_after_update'"  # 1: FOR EACH ROW
-        assert one(conn, level) == 0
-    migrate.upgrade(db)
-    with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        assert conn.execute(STATE).fetchone() == before
-        assert one(conn, level) == 1
-        with raises_sqlstate("US002"):
-            conn.execute("update users set first_name = 'x' where id = 2")
-        conn.execute("update users set first_name = 'U4c' where id = 4")
-        cid4 = one(conn, "select contact_id from usersync.links_1 where user_id = 4")
-        assert contact(conn, cid4)["first_name"] == "U4c"
-        conn.execute("call usersync.resync_all()")
-        assert mismatches(conn) == []
-        assert one(conn, "select count(*) from usersync.doctor()") == 0

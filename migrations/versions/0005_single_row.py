@@ -9,9 +9,7 @@ Revises: 0004
 frozen (make freeze).
 """
 
-from types import ModuleType
-
-from pyapp.migrate import frozen_sql, run_sql
+from pyapp.migrate import earlier_frozen_sql, frozen_sql, run_sql
 
 revision = "0005"
 down_revision = "0004"
@@ -44,15 +42,4 @@ def downgrade() -> None:
         drop function if exists usersync._trigger_statement(text, text, regclass, text, text);
         drop function if exists usersync._engine_policy_as_made(regclass);
     """)
-    run_sql(frozen_sql(__file__, "0004_pairs.sql", sha256=_revision_0004().SHA256))
-
-
-def _revision_0004() -> ModuleType:  # (a module whose name starts with a digit: imported by path)
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("usersync_0004", Path(__file__).with_name("0004_pairs.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    run_sql(earlier_frozen_sql(__file__, "0004_pairs.py", "0004_pairs.sql"))

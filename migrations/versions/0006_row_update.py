@@ -10,9 +10,7 @@ Revises: 0005
 regenerates every pair and replaces its update trigger.
 """
 
-from types import ModuleType
-
-from pyapp.migrate import frozen_sql, run_sql
+from pyapp.migrate import earlier_frozen_sql, frozen_sql, run_sql
 
 revision = "0006"
 down_revision = "0005"
@@ -29,15 +27,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Back to 0005's code: its definition, run again, regenerates every pair as 0005 wrote it and
     # puts the statement-level update trigger back. This revision added no object of its own.
-    run_sql(frozen_sql(__file__, "0005_single_row.sql", sha256=_revision_0005().SHA256))
-
-
-def _revision_0005() -> ModuleType:  # (a module whose name starts with a digit: imported by path)
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("usersync_0005", Path(__file__).with_name("0005_single_row.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    run_sql(earlier_frozen_sql(__file__, "0005_single_row.py", "0005_single_row.sql"))
