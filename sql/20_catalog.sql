@@ -116,7 +116,12 @@ create table if not exists usersync.mapping_state (
     synced_version bigint not null default 0,
     -- The mapping the current version stands for: a statement that leaves the mapping as it was
     -- (setting a field to the target it already has) is no change and bumps nothing.
-    mapping     jsonb
+    mapping     jsonb,
+    -- The version of the last resync run that finished, failures or not. Such a run went past
+    -- every pair without stamping their links (a third of its time): a pair whose link is older
+    -- is up to date through the run, unless the run marked it failed (links.mapping_version 0).
+    -- See usersync._rebuild_views and resync_step.
+    covered_version bigint not null default 0
 );
 
 create table if not exists usersync.sync_errors (

@@ -323,6 +323,10 @@ comment on function usersync.attach_preview(regclass, regclass, name, boolean, t
     'What usersync.attach would do with these arguments (the checks, the users it would sync, the contacts it would create or link, the default mapping, warnings), writing nothing';
 
 -- The views over every pair's links table: rebuilt when a pair comes or goes.
+-- up_to_date is decided here, per pair, where the keys still have their own type: a link stamped
+-- with the current mapping version, or one that a resync run on the current mapping went past
+-- (a finished run, mapping_state.covered_version, or the cursor of the run in progress, read in
+-- the key's type by usersync._resync_cursor) and did not mark failed (mapping_version 0).
 create or replace function usersync._rebuild_views()
 returns void
 language plpgsql
@@ -332,13 +336,20 @@ declare
     body text;
 begin
     body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
-                          'select %L::pg_catalog.text as pair, l.user_id::pg_catalog.text as user_id,'
-                          ' l.contact_id::pg_catalog.text as contact_id, l.source, l.active, l.mapping_version, l.synced_at'
-                          ' from %s l', a.pair, usersync._links_table(a.id)), ' union all ' order by a.id)
+                          'select %1$L::pg_catalog.text as pair, l.user_id::pg_catalog.text as user_id,'
+                          ' l.contact_id::pg_catalog.text as contact_id, l.source, l.active, l.mapping_version, l.synced_at,'
+                          ' l.mapping_version = s.version'
+                          '  or l.mapping_version > 0'
+                          '     and (s.covered_version = s.version'
+                          '          or coalesce(l.user_id <= (select usersync._resync_cursor(%1$L, null::%3$s)), false))'
+                          '  as up_to_date'
+                          ' from %2$s l join usersync.mapping_state s on s.pair = %1$L',
+                          a.pair, usersync._links_table(a.id), usersync._key_type(a.users, a.user_key)),
+                          ' union all ' order by a.id)
                         from usersync.attachments a),
                      'select null::pg_catalog.text as pair, null::pg_catalog.text as user_id, null::pg_catalog.text as contact_id,'
                      ' null::pg_catalog.text as source, null::pg_catalog.bool as active, null::pg_catalog.int8 as mapping_version,'
-                     ' null::pg_catalog.timestamptz as synced_at where false');
+                     ' null::pg_catalog.timestamptz as synced_at, null::pg_catalog.bool as up_to_date where false');
     execute 'create or replace view usersync.links as ' || body;
 end
 $$;

@@ -7,7 +7,7 @@
 -- placeholders; every identifier is quoted with quote_ident/%I before it is substituted.
 --
 -- Generated functions (all SECURITY DEFINER, owned by usersync_engine):
---   _g_refresh(user_ids)        full sync of the given active pairs, both directions
+--   _g_refresh(user_ids, stamp) full sync of the given active pairs, both directions
 --   _g_link(user_ids)           link users whose switch is on (re-link, repair or create), then refresh
 --   _g_sync_users(user_ids)     "Synchronize users"
 --   _g_on_users_insert/update/delete/truncate, _g_on_contact_update/delete_before/delete_after,

@@ -59,8 +59,8 @@ end
 $body$;
 $tpl$),
 
-('@G@refresh(@UKT@[])', $tpl$
-create or replace function usersync.@G@refresh(p_user_ids @UKT@[], out synced bigint, out changed bigint)
+('@G@refresh(@UKT@[], boolean)', $tpl$
+create or replace function usersync.@G@refresh(p_user_ids @UKT@[], p_stamp boolean, out synced bigint, out changed bigint)
 language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@
 -- A batch touches its own rows only: index probes from the id array, whatever the statistics say
 -- (just loaded, no ANALYZE: a custom plan read every table whole for each batch) and whatever
@@ -99,10 +99,19 @@ begin
     -- contact (or, with row-level security on users, user) cannot be seen fails the batch below
     -- (US007), which rolls the stamp back. Lock order: the users above, then each pair's link and
     -- contact (a reversed pair's link, then its contact and user below, as set_sync_source does).
-    with l as (
+    -- A resync batch (p_stamp false) reads the links instead of stamping them: the users' lock
+    -- above already orders it with every write of these pairs, and the run's cursor, not a stamp
+    -- per link, says which pairs it went past (resync_step). Only one of the two branches of l
+    -- reads anything; the other is a one-time false filter.
+    with stamped as (
         update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-         where l.user_id = any(p_user_ids) and l.active
+         where p_stamp and l.user_id = any(p_user_ids) and l.active
         returning l.user_id, l.contact_id, l.source),
+    l as (
+        select * from stamped
+        union all
+        select l.user_id, l.contact_id, l.source from @LINKS@ l
+         where not p_stamp and l.user_id = any(p_user_ids) and l.active),
     w as (
         update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
           from l join @U@ u on u.@UK@ = l.user_id
@@ -243,7 +252,7 @@ begin
             perform usersync._lost_write(@C_REL@, 'insert', expected, written);
         end if;
     end if;
-    return (usersync.@G@refresh(p_user_ids)).synced;
+    return (usersync.@G@refresh(p_user_ids, true)).synced;
 end
 $body$;
 $tpl$),
@@ -394,16 +403,24 @@ begin
         -- changed: the link is then probed once more, and nothing is written). "Is the image"
         -- compares after conversion, as the set-based code does, not "did a mapped field
         -- change": where types differ, 10.5 and 10.50 are one numeric but two texts. Anything
-        -- else (a reversed or stale link, a missing one) is for the set-based code below.
+        -- else (a reversed or stale link, a missing one) is for the set-based code below. Up to
+        -- date: stamped with this version, or gone past by a finished resync run on it and not
+        -- marked failed (the mapping state is read only for such a link: the OR stops first).
         update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
           from @LINKS@ l
-         where l.user_id = new.@UK@ and l.active and l.source = 'user' and l.mapping_version = @V@
+         where l.user_id = new.@UK@ and l.active and l.source = 'user'
+           and (l.mapping_version = @V@
+                or l.mapping_version > 0
+                   and exists (select from usersync.mapping_state s where s.pair = @PAIR@ and s.covered_version = @V@))
            and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
         if found then
             return null;
         end if;
         if exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active and l.source = 'user'
-                                           and l.mapping_version = @V@) then
+                                           and (l.mapping_version = @V@
+                                                or l.mapping_version > 0
+                                                   and exists (select from usersync.mapping_state s
+                                                                where s.pair = @PAIR@ and s.covered_version = @V@))) then
             return null;
         end if;
     elsif usersync_path = 'off' then

@@ -100,6 +100,33 @@ $$;
 comment on function usersync.sync_users(text) is
     '"Synchronize users": (re)syncs every user of the pair whose switch is on; sync_users(NULL) does the same';
 
+-- The cursor of the pair's resync run on the current mapping, in the key's type (the type of
+-- p_key, a null of it), or null: where usersync.links decides whether a run went past a pair.
+-- It reads the text back under the settings resync_step wrote it with (the same SET list: a test
+-- compares them), so the answer does not depend on the session's.
+create or replace function usersync._resync_cursor(p_pair text, p_key anyelement)
+returns anyelement
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
+set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
+as $$
+declare
+    after text;
+begin
+    select r.after_user_id into after
+      from usersync.resync_state r join usersync.mapping_state s on s.pair = r.pair
+     where r.pair = p_pair and r.mapping_version = s.version;
+    if after is null then
+        return null;
+    end if;
+    execute pg_catalog.format('select $1::%s', pg_catalog.pg_typeof(p_key)) into p_key using after;
+    return p_key;
+end
+$$;
+
 create or replace function usersync.resync_step(batch_size integer default 1000, pair text default null)
 returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_failed bigint,
                synced bigint, changed bigint, failed bigint, total bigint)
@@ -119,7 +146,8 @@ declare
     a usersync.attachments := usersync._pair(resync_step.pair);
     links text := usersync._links_table(a.id);
     ukt text := usersync._key_type(a.users, a.user_key);
-    refresh text := pg_catalog.format('select r.synced, r.changed from usersync.%I($1::%s[]) r',
+    -- (false: the batch's links are not stamped; the run's cursor says it went past them)
+    refresh text := pg_catalog.format('select r.synced, r.changed from usersync.%I($1::%s[], false) r',
                                       '_g' || a.id || '_refresh', ukt);
     st usersync.resync_state;
     ids text[];
@@ -177,10 +205,12 @@ begin
     end if;
     if pg_catalog.cardinality(ids) = 0 then
         update usersync.resync_state x set finished_at = pg_catalog.now() where x.pair = a.pair returning * into st;
-        -- Every pair went through this run on the current mapping (a change restarts the run).
-        if st.failed = 0 then
-            update usersync.mapping_state s set synced_version = st.mapping_version where s.pair = a.pair;
-        end if;
+        -- Every pair went through this run on the current mapping (a change restarts the run):
+        -- each one is up to date but those it marked failed, and with none, every one is.
+        update usersync.mapping_state s
+           set covered_version = st.mapping_version,
+               synced_version = case when st.failed = 0 then st.mapping_version else s.synced_version end
+         where s.pair = a.pair;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
@@ -207,6 +237,9 @@ begin
                 on conflict (pair, user_id) do update
                    set contact_id = excluded.contact_id, field = excluded.field, sqlstate = excluded.sqlstate,
                        message = excluded.message, occurred_at = pg_catalog.now();
+                -- The run's cursor goes past this pair: its link says it is not up to date.
+                execute pg_catalog.format('update %s l set mapping_version = 0 where l.user_id = $1::%s', links, ukt)
+                  using uid;
                 bad := bad + 1;
             end;
         end loop;
@@ -326,6 +359,6 @@ begin
     execute pg_catalog.format('update %s l set source = $2 where l.user_id = $1::%s', links, ukt)
       using p_user_id, p_source;
     -- Leave the pair consistent with its (new) source at once.
-    execute pg_catalog.format('select usersync.%I(array[$1::%s])', '_g' || a.id || '_refresh', ukt) using p_user_id;
+    execute pg_catalog.format('select usersync.%I(array[$1::%s], true)', '_g' || a.id || '_refresh', ukt) using p_user_id;
 end
 $$;

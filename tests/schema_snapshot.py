@@ -17,8 +17,12 @@ _QUERIES = {
                coalesce(array_to_string(c.relacl, ','), ''), coalesce(obj_description(c.oid, 'pg_class'), '')
           from pg_class c join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = any(%(schemas)s) and c.relname not like '%%alembic_version%%'""",
+    # (a column's position among the table's live columns: a column dropped by a downgrade and
+    # added again by the next upgrade takes a new attnum, and is the same column)
     "columns": """
-        select n.nspname, c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+        select n.nspname, c.relname,
+               rank() over (partition by a.attrelid order by a.attnum), a.attname,
+               format_type(a.atttypid, a.atttypmod), a.attnotnull,
                a.attidentity, a.attgenerated, coalesce(pg_get_expr(d.adbin, d.adrelid), ''),
                coalesce(col_description(c.oid, a.attnum), ''), coalesce(array_to_string(a.attacl, ','), '')
           from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace

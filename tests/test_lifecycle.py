@@ -73,7 +73,7 @@ def test_uninstall_removes_every_object_of_usersync_and_no_application_data(inst
 
 def test_destructive_commands_refuse_without_a_terminal_or_yes(installed: Database):
     # (below 0004 usersync is uninstalled: the pairs of 0004 have no shape in 0001-0003)
-    for args in (["uninstall"], ["db", "downgrade", "base"], ["db", "downgrade", "0003"], ["db", "downgrade", "-3"]):
+    for args in (["uninstall"], ["db", "downgrade", "base"], ["db", "downgrade", "0003"], ["db", "downgrade", "-4"]):
         result = runner.invoke(cli.app, [*args, "--database-url", installed.conninfo])
         assert result.exit_code == 2, (args, result.output)
         assert "without --yes" in result.stderr and "2 links" in result.stderr and "1 pair" in result.stderr

@@ -45,10 +45,57 @@ def test_a_pair_that_fails_is_recorded_and_does_not_stop_the_run(conn, admin_con
     assert one(conn, "select synced, failed from usersync.resync_state") == (24, 1)
     err = one(conn, "select user_id::bigint, contact_id::bigint, field, sqlstate from usersync.sync_errors")
     assert err == (users[5], contact_id(conn, users[5]), "academic_title -> short_title", "22001")
+    # The run went past every pair; the one it marked failed is the one that is not up to date.
+    stale = conn.execute("select user_id::bigint from usersync.synchronized_contacts where not up_to_date").fetchall()
+    assert stale == [(users[5],)]
+    assert one(conn, "select all_up_to_date from usersync.pairs") is False
     # Fixed at the source: the next sync of that pair clears the error.
     conn.execute("update users set academic_title = 'Pr' where id = %s", [users[5]])
     assert one(admin_conn, "select usersync.sync_users(%s)", [[users[5]]]) == 1
     assert one(conn, "select count(*) from usersync.sync_errors") == 0
+
+
+LINK_VERSIONS = "select json_agg(json_build_array(l.user_id, l.xmin::text) order by l.user_id) from usersync.links_1 l"
+
+
+def test_a_resync_run_rewrites_the_contacts_without_writing_a_link(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    links_before = one(conn, LINK_VERSIONS)
+    admin_conn.execute("call usersync.resync_all(10)")
+    # Every pair is up to date through the run's record (mapping_state.covered_version), not
+    # through a stamp on each link: no link was written.
+    assert one(conn, LINK_VERSIONS) == links_before
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+    assert one(conn, "select count(*) from contacts where title like 'T%%'") == 25
+    assert one(conn, "select covered_version = version and synced_version = version from usersync.mapping_state")
+    assert one(admin_conn, "select stale from usersync.preview_resync()") == 0
+
+
+def test_after_a_finished_run_an_update_of_one_user_takes_the_single_row_path(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    links_before = one(conn, LINK_VERSIONS)
+    conn.execute("update users set academic_title = 'Prof' where id = %s", [users[0]])
+    assert contact(conn, contact_id(conn, users[0]))["title"] == "Prof"
+    # The set-based code would have stamped the pair's link: the single-row path writes the contact only.
+    assert one(conn, LINK_VERSIONS) == links_before
+
+
+def test_a_second_run_on_the_same_mapping_leaves_every_pair_up_to_date_while_it_runs(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(admin_conn, "select done, synced from usersync.resync_step(10)") == (False, 10)
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+    # A mapping change makes every pair stale again, whatever the runs went past.
+    admin_conn.execute("delete from usersync.field_mapping where user_field = 'academic_title'")
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 25
+
+
+def test_the_cursor_is_read_under_the_settings_resync_step_writes_it_with(conn):
+    config = ("select array(select c from unnest(proconfig) c where c not like 'search_path=%%'"
+              " and c not like 'enable_seqscan=%%' order by c) from pg_proc where oid = %s::regprocedure")
+    assert one(conn, config, ["usersync._resync_cursor(text, anyelement)"]) == \
+        one(conn, config, ["usersync.resync_step(integer, text)"])
 
 
 def test_resync_rejects_a_bad_batch_size(admin_conn):

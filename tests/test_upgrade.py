@@ -90,20 +90,20 @@ def _released(new_database: Callable[[], Database], revision: str) -> Database:
     return db
 
 
-@pytest.fixture(params=["0004", "0005"])
+@pytest.fixture(params=["0004", "0005", "0006"])
 def release_with_pairs(new_database: Callable[[], Database], request: pytest.FixtureRequest) -> tuple[Database, str]:
     return _released(new_database, request.param), request.param
 
 
 def test_upgrading_a_release_keeps_pairs_links_and_state_with_the_rekey_and_row_level_update_triggers(
         release_with_pairs: tuple[Database, str]):
-    db, _revision = release_with_pairs
+    db, revision = release_with_pairs
     level = "select tgtype & 1 from pg_trigger where tgname = 'usersync_1_after_update'"  # 1: FOR EACH ROW
     with psycopg.connect(db.conninfo) as conn:
         before = conn.execute(STATE).fetchone()
         stale_before = conn.execute("select user_id::bigint, up_to_date from usersync.synchronized_contacts"
                                     " order by 1").fetchall()
-        assert one(conn, level) == 0
+        assert one(conn, level) == (1 if revision >= "0006" else 0)
     migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         assert conn.execute(STATE).fetchone() == before
@@ -137,3 +137,24 @@ def test_downgrading_to_a_release_and_upgrading_again_gives_the_same_schema(rele
     assert state() == at_release
     migrate.upgrade(db)
     assert state() == upgraded
+
+
+def test_downgrading_to_0006_stamps_the_pairs_a_resync_run_went_past(new_database: Callable[[], Database]):
+    db = _released(new_database, "0007")
+    up_to_date = "select user_id::bigint, up_to_date from usersync.synchronized_contacts order by 1"
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute("select * from usersync.resync_step(2)")  # a run in progress, past two pairs
+        partly = conn.execute(up_to_date).fetchall()
+    # (1: brought up to date by its own update, and the first pair of the run; 2: the second)
+    assert partly == [(1, True), (2, True), (4, False), (6, False)]
+    migrate.downgrade(db, "0006")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        assert conn.execute(up_to_date).fetchall() == partly
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        assert conn.execute(up_to_date).fetchall() == partly
+        conn.execute("call usersync.resync_all()")
+    migrate.downgrade(db, "0006")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        assert all(ok for _, ok in conn.execute(up_to_date).fetchall())
+        assert one(conn, "select count(*) from usersync.doctor()") == 0

@@ -1,0 +1,53 @@
+"""resync watermark: "Update all synchronized users" no longer stamps each link it goes past (a
+third of a batch's time and WAL). A link is up to date when stamped with the current mapping
+version, or when a resync run on that version went past it (mapping_state.covered_version for a
+finished run, the cursor for the run in progress) and did not mark it failed (mapping_version 0).
+
+Revision ID: 0007
+Revises: 0006
+
+0007_resync_watermark.sql is migrations/delta/0007_before.sql, sql/00-65 and sql/90_install.sql,
+frozen (python -m pyapp._freeze).
+"""
+
+from pyapp.migrate import earlier_frozen_sql, frozen_sql, run_sql
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+SHA256 = "bcd9a2af124b5b622b7aee81d662bbe8c7055ad8061620b03c2a29d1defe4de9"
+
+
+def upgrade() -> None:
+    run_sql(frozen_sql(__file__, "0007_resync_watermark.sql", sha256=SHA256))
+
+
+def downgrade() -> None:
+    # Back to 0006, where only a link's own stamp says it is up to date: the links a run went past
+    # get that stamp first (nothing reads as stale that was not), then this revision's objects go
+    # and 0006's definition, run again, regenerates every pair as 0006 wrote it.
+    run_sql("""
+        do $$
+        declare
+            a record;
+        begin
+            for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
+                execute pg_catalog.format(
+                    'update %s l set mapping_version = s.version'
+                    '  from usersync.links v, usersync.mapping_state s'
+                    ' where v.pair = %L and v.up_to_date and v.user_id = l.user_id::pg_catalog.text'
+                    '   and s.pair = %L and l.mapping_version <> s.version',
+                    usersync._links_table(a.id), a.pair, a.pair);
+                execute pg_catalog.format('drop function if exists usersync.%I(%s[], boolean)',
+                                          '_g' || a.id || '_refresh', usersync._key_type(a.users, a.user_key));
+            end loop;
+        end
+        $$;
+        drop view usersync.synchronized_contacts;
+        drop view usersync.links;
+        drop function usersync._resync_cursor(text, anyelement);
+        alter table usersync.mapping_state drop column covered_version;
+    """)
+    run_sql(earlier_frozen_sql(__file__, "0006_row_update.py", "0006_row_update.sql"))
