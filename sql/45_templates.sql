@@ -436,12 +436,13 @@ begin
     -- pair be stale?
     -- Only the statement's new rows, each probing the links' key (OFFSET 0 keeps it a probe: as
     -- a hashed subplan it would read all of the links): linear at any size, whatever size the
-    -- plan was made for.
+    -- plan was made for. Without a switch nothing is switched: a user whose reversed contact was
+    -- deleted stays without one until sync_users makes one, whatever is written to it.
     select exists (select from new_rows offset @BULK_ROWS@),
            exists (select from @LINKS@ l where l.active and l.source = 'contact'),
-           exists (select from new_rows n
-                    where n.@SW@ is distinct from exists (select from @LINKS@ l
-                                                          where l.user_id = n.@UK@ and l.active offset 0)),
+           @HAS_SW@ and exists (select from new_rows n
+                                 where n.@SW@ is distinct from exists (select from @LINKS@ l
+                                                                       where l.user_id = n.@UK@ and l.active offset 0)),
            (select s.synced_version < @V@ from usersync.mapping_state s where s.pair = @PAIR@)
       into usersync_bulk, any_reversed, any_switched, any_stale;
 

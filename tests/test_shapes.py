@@ -70,6 +70,23 @@ def test_a_reversed_pair_takes_its_values_from_the_contact(shape, app_conn, admi
     assert shape.contact(conn, cid)["first_name"] == "Bobby"
 
 
+def test_a_deleted_reversed_contact_comes_back_only_through_sync_users(shape, app_conn, admin_conn, conn):
+    key = shape.add_user(app_conn, "eve", first_name="Eve")
+    cid = shape.contact_of(conn, key)
+    admin_conn.execute("select usersync.set_sync_source(%s, 'contact', pair => %s)", [key, shape.pair])
+    _delete(app_conn, shape.contacts_sql, shape.contact_key, cid)
+    # The user stays (delete_user_with_contact is off): switched off, or, in a pair without a
+    # switch, without a contact. Writing the user, a mapped field or not, brings none back.
+    _update_user(app_conn, shape, key, "first_name", "Eva")
+    _update_user(app_conn, shape, key, "email", None)
+    assert shape.contact_of(conn, key) is None
+    # "Synchronize users" makes one where every user is synchronized.
+    synced = one(admin_conn, "select usersync.sync_users(array[%s], pair => %s)", [str(key), shape.pair])
+    assert synced == (0 if shape.switch else 1)
+    if not shape.switch:
+        assert shape.contact(conn, shape.contact_of(conn, key))["first_name"] == "Eva"
+
+
 @pytest.mark.parametrize("toggle", [False, True])
 def test_deleting_a_user_applies_the_toggle_or_the_foreign_key(shape, app_conn, admin_conn, conn, toggle):
     admin_conn.execute("update usersync.settings set delete_contact_with_user = %s", [toggle])

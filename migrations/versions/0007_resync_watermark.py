@@ -17,7 +17,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "bcd9a2af124b5b622b7aee81d662bbe8c7055ad8061620b03c2a29d1defe4de9"
+SHA256 = "882ce7dd9a66fa9ef8705ba65d3f4a2e8134dd7c9cc9344558c3a4c38b6528b0"
 
 
 def upgrade() -> None:
