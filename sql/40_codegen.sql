@@ -530,6 +530,12 @@ begin
         'GUARDED_C', usersync._gen_writes_can_vanish(a.contacts)::text,
         'PINS', usersync._gen_pins(a.pair),
         'V', (select s.version from usersync.mapping_state s where s.pair = a.pair)::text,
+        -- "link l is up to date with the mapping", as the single-row path asks it: stamped with
+        -- this version, or, once a resync run on it has finished (resync_step then generates the
+        -- code again), any version but a run's failure mark 0. Written in, not read per call.
+        'L_CURRENT', (select case when s.covered_version = s.version then 'l.mapping_version > 0'
+                                  else pg_catalog.format('l.mapping_version = %s', s.version) end
+                        from usersync.mapping_state s where s.pair = a.pair),
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'SMALL_ROWS', '8',  -- up to this many rows, an UPDATE's rows are synced one by one (@G@on_users_update)
         'CID', cid,

@@ -1,8 +1,8 @@
 -- 45_templates.sql: the templates that usersync._generate() fills in (see 40_codegen.sql).
 --
 -- Placeholders: @U@/@C@ the module tables, @UK@/@CK@ their keys, @SW@ the switch column,
--- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
--- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
+-- @V@ the mapping version, @L_CURRENT@ "link l is up to date with it" (see 40_codegen.sql),
+-- @CID@ a new contact key, @OVR@ "overriding system value" when the key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change",
 -- @C_SAME@/@C_SAME_N@/@C_SAME_NEW@ "contact c is the image of user row u / n / NEW", @HAS_MAP@,
@@ -403,24 +403,16 @@ begin
         -- changed: the link is then probed once more, and nothing is written). "Is the image"
         -- compares after conversion, as the set-based code does, not "did a mapped field
         -- change": where types differ, 10.5 and 10.50 are one numeric but two texts. Anything
-        -- else (a reversed or stale link, a missing one) is for the set-based code below. Up to
-        -- date: stamped with this version, or gone past by a finished resync run on it and not
-        -- marked failed (the mapping state is read only for such a link: the OR stops first).
+        -- else (a reversed or stale link, a missing one) is for the set-based code below.
         update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
           from @LINKS@ l
-         where l.user_id = new.@UK@ and l.active and l.source = 'user'
-           and (l.mapping_version = @V@
-                or l.mapping_version > 0
-                   and exists (select from usersync.mapping_state s where s.pair = @PAIR@ and s.covered_version = @V@))
+         where l.user_id = new.@UK@ and l.active and l.source = 'user' and @L_CURRENT@
            and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
         if found then
             return null;
         end if;
         if exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active and l.source = 'user'
-                                           and (l.mapping_version = @V@
-                                                or l.mapping_version > 0
-                                                   and exists (select from usersync.mapping_state s
-                                                                where s.pair = @PAIR@ and s.covered_version = @V@))) then
+                                           and @L_CURRENT@) then
             return null;
         end if;
     elsif usersync_path = 'off' then

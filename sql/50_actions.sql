@@ -160,6 +160,7 @@ declare
     e_state text;
     e_msg text;
     n bigint;
+    covered boolean;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -207,10 +208,17 @@ begin
         update usersync.resync_state x set finished_at = pg_catalog.now() where x.pair = a.pair returning * into st;
         -- Every pair went through this run on the current mapping (a change restarts the run):
         -- each one is up to date but those it marked failed, and with none, every one is.
+        covered := exists (select from usersync.mapping_state s
+                            where s.pair = a.pair and s.covered_version = st.mapping_version);
         update usersync.mapping_state s
            set covered_version = st.mapping_version,
                synced_version = case when st.failed = 0 then st.mapping_version else s.synced_version end
          where s.pair = a.pair;
+        -- The single-row path of the update trigger now takes the links this run went past
+        -- (usersync._generate writes that test in, rather than read the mapping state per call).
+        if not covered then
+            perform usersync._generate(a.pair);
+        end if;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;

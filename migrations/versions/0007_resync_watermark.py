@@ -17,7 +17,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "882ce7dd9a66fa9ef8705ba65d3f4a2e8134dd7c9cc9344558c3a4c38b6528b0"
+SHA256 = "4f820e70907edf4cbc6bf0a5e7819470c83f65cd3dac7e556f47d7bf40d837f9"
 
 
 def upgrade() -> None:

@@ -1959,6 +1959,12 @@ begin
         'GUARDED_C', usersync._gen_writes_can_vanish(a.contacts)::text,
         'PINS', usersync._gen_pins(a.pair),
         'V', (select s.version from usersync.mapping_state s where s.pair = a.pair)::text,
+        -- "link l is up to date with the mapping", as the single-row path asks it: stamped with
+        -- this version, or, once a resync run on it has finished (resync_step then generates the
+        -- code again), any version but a run's failure mark 0. Written in, not read per call.
+        'L_CURRENT', (select case when s.covered_version = s.version then 'l.mapping_version > 0'
+                                  else pg_catalog.format('l.mapping_version = %s', s.version) end
+                        from usersync.mapping_state s where s.pair = a.pair),
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'SMALL_ROWS', '8',  -- up to this many rows, an UPDATE's rows are synced one by one (@G@on_users_update)
         'CID', cid,
@@ -2023,8 +2029,8 @@ $gen$;
 -- 45_templates.sql: the templates that usersync._generate() fills in (see 40_codegen.sql).
 --
 -- Placeholders: @U@/@C@ the module tables, @UK@/@CK@ their keys, @SW@ the switch column,
--- @V@ the mapping version, @CID@ a new contact key, @OVR@ "overriding system value" when the
--- key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
+-- @V@ the mapping version, @L_CURRENT@ "link l is up to date with it" (see 40_codegen.sql),
+-- @CID@ a new contact key, @OVR@ "overriding system value" when the key is GENERATED ALWAYS, @C_COLS@ every contact metadata field, @C_IMG_x@ the contact image
 -- of the user row aliased x, @U_COLS@/@U_IMG_x@ the mapped user fields and their image of the
 -- contact row aliased x, @U_CHANGED@/@C_CHANGED@ "did a mapped field change",
 -- @C_SAME@/@C_SAME_N@/@C_SAME_NEW@ "contact c is the image of user row u / n / NEW", @HAS_MAP@,
@@ -2425,24 +2431,16 @@ begin
         -- changed: the link is then probed once more, and nothing is written). "Is the image"
         -- compares after conversion, as the set-based code does, not "did a mapped field
         -- change": where types differ, 10.5 and 10.50 are one numeric but two texts. Anything
-        -- else (a reversed or stale link, a missing one) is for the set-based code below. Up to
-        -- date: stamped with this version, or gone past by a finished resync run on it and not
-        -- marked failed (the mapping state is read only for such a link: the OR stops first).
+        -- else (a reversed or stale link, a missing one) is for the set-based code below.
         update @C@ c set (@C_COLS@) = row(@C_IMG_NEW@)
           from @LINKS@ l
-         where l.user_id = new.@UK@ and l.active and l.source = 'user'
-           and (l.mapping_version = @V@
-                or l.mapping_version > 0
-                   and exists (select from usersync.mapping_state s where s.pair = @PAIR@ and s.covered_version = @V@))
+         where l.user_id = new.@UK@ and l.active and l.source = 'user' and @L_CURRENT@
            and c.@CK@ = l.contact_id and not (@C_SAME_NEW@);
         if found then
             return null;
         end if;
         if exists (select from @LINKS@ l where l.user_id = new.@UK@ and l.active and l.source = 'user'
-                                           and (l.mapping_version = @V@
-                                                or l.mapping_version > 0
-                                                   and exists (select from usersync.mapping_state s
-                                                                where s.pair = @PAIR@ and s.covered_version = @V@))) then
+                                           and @L_CURRENT@) then
             return null;
         end if;
     elsif usersync_path = 'off' then
@@ -3025,6 +3023,7 @@ declare
     e_state text;
     e_msg text;
     n bigint;
+    covered boolean;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -3072,10 +3071,17 @@ begin
         update usersync.resync_state x set finished_at = pg_catalog.now() where x.pair = a.pair returning * into st;
         -- Every pair went through this run on the current mapping (a change restarts the run):
         -- each one is up to date but those it marked failed, and with none, every one is.
+        covered := exists (select from usersync.mapping_state s
+                            where s.pair = a.pair and s.covered_version = st.mapping_version);
         update usersync.mapping_state s
            set covered_version = st.mapping_version,
                synced_version = case when st.failed = 0 then st.mapping_version else s.synced_version end
          where s.pair = a.pair;
+        -- The single-row path of the update trigger now takes the links this run went past
+        -- (usersync._generate writes that test in, rather than read the mapping state per call).
+        if not covered then
+            perform usersync._generate(a.pair);
+        end if;
         return query select true, 0::bigint, 0::bigint, 0::bigint, st.synced, st.changed, st.failed, st.total;
         return;
     end if;
