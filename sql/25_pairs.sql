@@ -322,35 +322,57 @@ $$;
 comment on function usersync.attach_preview(regclass, regclass, name, boolean, text) is
     'What usersync.attach would do with these arguments (the checks, the users it would sync, the contacts it would create or link, the default mapping, warnings), writing nothing';
 
--- The views over every pair's links table: rebuilt when a pair comes or goes.
--- up_to_date is decided here, per pair, where the keys still have their own type: a link stamped
--- with the current mapping version, or one that a resync run on the current mapping went past
--- (a finished run, mapping_state.covered_version, or the cursor of the run in progress, read in
--- the key's type by usersync._resync_cursor) and did not mark failed (mapping_version 0).
+-- The views over every pair's links table: rebuilt when a pair comes or goes. Keys are shown as
+-- text (of the default collation: pairs' keys differ in type and collation).
+-- synchronized_contacts decides up_to_date per pair, where the keys still have their own type: a
+-- link stamped with the current mapping version, or one that a resync run on the current
+-- mapping went past (a finished run: mapping_state.covered_version; the run in progress: its
+-- cursor, read back in the key's type by usersync._resync_cursor) and did not mark failed
+-- (mapping_version 0). The view reads the engine's state with its owner's rights, so a role
+-- granted SELECT on it needs nothing else (docs/sql-api.md).
 create or replace function usersync._rebuild_views()
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    body text;
+    links_body text;
+    contacts_body text;
 begin
-    body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
-                          'select %1$L::pg_catalog.text as pair, l.user_id::pg_catalog.text as user_id,'
-                          ' l.contact_id::pg_catalog.text as contact_id, l.source, l.active, l.mapping_version, l.synced_at,'
-                          ' l.mapping_version = s.version'
-                          '  or l.mapping_version > 0'
-                          '     and (s.covered_version = s.version'
-                          '          or coalesce(l.user_id <= (select usersync._resync_cursor(%1$L, null::%3$s)), false))'
-                          '  as up_to_date'
-                          ' from %2$s l join usersync.mapping_state s on s.pair = %1$L',
-                          a.pair, usersync._links_table(a.id), usersync._key_type(a.users, a.user_key)),
-                          ' union all ' order by a.id)
+    links_body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
+                          'select %L::pg_catalog.text as pair, l.user_id::pg_catalog.text collate pg_catalog."default" as user_id,'
+                          ' l.contact_id::pg_catalog.text collate pg_catalog."default" as contact_id, l.source, l.active,'
+                          ' l.mapping_version, l.synced_at'
+                          ' from %s l', a.pair, usersync._links_table(a.id)), ' union all ' order by a.id)
                         from usersync.attachments a),
                      'select null::pg_catalog.text as pair, null::pg_catalog.text as user_id, null::pg_catalog.text as contact_id,'
                      ' null::pg_catalog.text as source, null::pg_catalog.bool as active, null::pg_catalog.int8 as mapping_version,'
-                     ' null::pg_catalog.timestamptz as synced_at, null::pg_catalog.bool as up_to_date where false');
-    execute 'create or replace view usersync.links as ' || body;
+                     ' null::pg_catalog.timestamptz as synced_at where false');
+    execute 'create or replace view usersync.links as ' || links_body;
+    contacts_body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
+                          'select %1$L::pg_catalog.text as pair,'
+                          ' l.contact_id::pg_catalog.text collate pg_catalog."default" as contact_id,'
+                          ' l.user_id::pg_catalog.text collate pg_catalog."default" as user_id, l.source, l.synced_at,'
+                          ' l.mapping_version = s.version'
+                          '  or l.mapping_version > 0'
+                          '     and (s.covered_version = s.version'
+                          '          or coalesce(l.user_id <= (select usersync._resync_cursor(r.after_user_id, %3$L, null::%3$s)'
+                          '                                      from usersync.resync_state r'
+                          '                                     where r.pair = %1$L and r.mapping_version ='
+                          '                                           (select m.version from usersync.mapping_state m'
+                          '                                             where m.pair = %1$L)), false))'
+                          '  as up_to_date'
+                          ' from %2$s l join usersync.mapping_state s on s.pair = %1$L'
+                          ' where l.active',
+                          a.pair, usersync._links_table(a.id),
+                          (select pg_catalog.format_type(x.atttypid, x.atttypmod) from pg_catalog.pg_attribute x
+                            where x.attrelid = a.users and x.attname = a.user_key)),
+                          ' union all ' order by a.id)
+                        from usersync.attachments a),
+                     'select null::pg_catalog.text as pair, null::pg_catalog.text as contact_id, null::pg_catalog.text as user_id,'
+                     ' null::pg_catalog.text as source, null::pg_catalog.timestamptz as synced_at,'
+                     ' null::pg_catalog.bool as up_to_date where false');
+    execute 'create or replace view usersync.synchronized_contacts as ' || contacts_body;
 end
 $$;
 

@@ -539,8 +539,14 @@ begin
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'SMALL_ROWS', '8',  -- up to this many rows, an UPDATE's rows are synced one by one (@G@on_users_update)
         'CID', cid,
-        'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
-        'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        -- (a pair without a shared key has no such key: a null of the contact key's type, since a
+        -- cast of, say, a uuid user key to a bigint contact key would not even parse)
+        'CID_U', case when a.shared_key
+                      then pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end
+                      else 'null::' || ckt end,
+        'CID_N', case when a.shared_key
+                      then pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end
+                      else 'null::' || ckt end,
         'C_UNMAPPED_FILLED', coalesce((select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ')
                                          from usersync._gen_contact_fields(a.pair) f where f.user_field is null), 'false'),
         'SHARED', a.shared_key::text,

@@ -101,17 +101,17 @@ begin
     -- contact (a reversed pair's link, then its contact and user below, as set_sync_source does).
     -- A resync batch (p_stamp false) reads the links instead of stamping them: the users' lock
     -- above already orders it with every write of these pairs, and the run's cursor, not a stamp
-    -- per link, says which pairs it went past (resync_step). Only one of the two branches of l
-    -- reads anything; the other is a one-time false filter.
+    -- per link, says which pairs it went past (resync_step). It stamps only a link an earlier run
+    -- marked failed (0), which its cursor would not make up to date again.
     with stamped as (
         update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-         where p_stamp and l.user_id = any(p_user_ids) and l.active
+         where (p_stamp or l.mapping_version = 0) and l.user_id = any(p_user_ids) and l.active
         returning l.user_id, l.contact_id, l.source),
     l as (
         select * from stamped
         union all
         select l.user_id, l.contact_id, l.source from @LINKS@ l
-         where not p_stamp and l.user_id = any(p_user_ids) and l.active),
+         where not p_stamp and l.mapping_version <> 0 and l.user_id = any(p_user_ids) and l.active),
     w as (
         update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
           from l join @U@ u on u.@UK@ = l.user_id

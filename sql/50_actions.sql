@@ -100,11 +100,12 @@ $$;
 comment on function usersync.sync_users(text) is
     '"Synchronize users": (re)syncs every user of the pair whose switch is on; sync_users(NULL) does the same';
 
--- The cursor of the pair's resync run on the current mapping, in the key's type (the type of
--- p_key, a null of it), or null: where usersync.links decides whether a run went past a pair.
--- It reads the text back under the settings resync_step wrote it with (the same SET list: a test
--- compares them), so the answer does not depend on the session's.
-create or replace function usersync._resync_cursor(p_pair text, p_key anyelement)
+-- A resync run's cursor (text) in the key's type, p_type as format_type writes it (its length
+-- too: char(5), not char(1)), p_like a null of that type: where usersync.synchronized_contacts
+-- decides whether a run went past a pair. It reads the text back under the settings resync_step
+-- wrote it with (the same SET list: a test compares them), so the answer does not depend on the
+-- session's. It runs as its caller and reads nothing; p_type must be a type name.
+create or replace function usersync._resync_cursor(p_cursor text, p_type text, p_like anyelement)
 returns anyelement
 language plpgsql
 stable
@@ -113,17 +114,16 @@ set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' s
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
-declare
-    after text;
 begin
-    select r.after_user_id into after
-      from usersync.resync_state r join usersync.mapping_state s on s.pair = r.pair
-     where r.pair = p_pair and r.mapping_version = s.version;
-    if after is null then
+    if p_cursor is null then
         return null;
     end if;
-    execute pg_catalog.format('select $1::%s', pg_catalog.pg_typeof(p_key)) into p_key using after;
-    return p_key;
+    if pg_catalog.to_regtype(p_type) is distinct from pg_catalog.pg_typeof(p_like) then
+        raise exception using errcode = '22023', message = pg_catalog.format('%L is not the type of %L', p_type, p_like),
+            hint = 'usersync.synchronized_contacts calls this function; it is not for direct use.';
+    end if;
+    execute pg_catalog.format('select $1::%s', p_type) into p_like using p_cursor;
+    return p_like;
 end
 $$;
 
@@ -161,6 +161,8 @@ declare
     e_msg text;
     n bigint;
     covered boolean;
+    writers text[];
+    waited timestamptz;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -182,6 +184,31 @@ begin
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
     if not found or st.finished_at is not null
        or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+        -- A transaction still open that wrote the pair's tables may have run the code of an
+        -- earlier mapping (a trigger runs the code current when it fires): a link it made, at
+        -- that mapping's version, would be invisible to this run's batches, yet counted as gone
+        -- past once it commits. The run waits for such transactions, as CREATE INDEX
+        -- CONCURRENTLY waits for older ones; later writers run this mapping's code. (lock_timeout,
+        -- if set, bounds the wait.)
+        writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
+                          where x.locktype = 'relation' and x.relation in (a.users, a.contacts)
+                            and x.mode = 'RowExclusiveLock' and x.pid <> pg_catalog.pg_backend_pid());
+        waited := pg_catalog.clock_timestamp();
+        if exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) then
+            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it',
+                a.pair, pg_catalog.cardinality(writers), a.users, a.contacts;
+        end if;
+        while exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) loop
+            if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'
+               and pg_catalog.clock_timestamp() - waited > pg_catalog.current_setting('lock_timeout')::pg_catalog.interval then
+                raise exception using errcode = '55P03',
+                    message = pg_catalog.format('a resync run of pair %L waits for transactions that wrote %s or %s '
+                                                'before it started', a.pair, a.users, a.contacts),
+                    detail = 'They may have synced their rows with the mapping before the current one.',
+                    hint = 'Let them finish (pg_stat_activity shows them), then run it again.';
+            end if;
+            perform pg_catalog.pg_sleep(0.01);
+        end loop;
         execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
         insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
         values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),

@@ -445,7 +445,7 @@ begin
         select (select pg_catalog.count(*) from %9$s l where l.active),
                (select pg_catalog.count(distinct x.user_id) from changed x),
                (select pg_catalog.count(distinct x.user_id) from failed x),
-               (select pg_catalog.count(*) from usersync.links l where l.pair = %10$L and l.active and not l.up_to_date),
+               (select pg_catalog.count(*) from usersync.synchronized_contacts l where l.pair = %10$L and not l.up_to_date),
                coalesce((select pg_catalog.jsonb_agg(
                                     case when x.failing
                                          then pg_catalog.jsonb_build_object('user_id', x.user_id, 'contact_id', x.contact_id,

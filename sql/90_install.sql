@@ -5,15 +5,6 @@
 
 do $$ begin perform usersync._rebuild_views(); end $$;
 
-create or replace view usersync.synchronized_contacts as
-select l.pair,
-       l.contact_id,
-       l.user_id,
-       l.source,
-       l.synced_at,
-       l.up_to_date
-  from usersync.links l
- where l.active;
 comment on view usersync.synchronized_contacts is
     'User contacts (the "profile icon"), keys as text; up_to_date is false when the mapping changed since the pair was last synced';
 
@@ -125,14 +116,15 @@ grant select on usersync.attachments, usersync.pairs, usersync.modules, usersync
                 usersync.metadata_fields, usersync.synchronized_contacts to usersync_admin;
 grant insert, update, delete, truncate on usersync.field_mapping to usersync_admin;
 -- (after the administrators' grant, as an upgrade from 0006 orders the view's privileges)
-grant select on usersync.links to usersync_engine;  -- (preview_resync counts the pairs that are not up to date)
+grant select on usersync.synchronized_contacts to usersync_engine;  -- (preview_resync counts the stale pairs)
+-- Read by synchronized_contacts for whoever may read it; it only reads a key from text.
+grant execute on function usersync._resync_cursor(text, text, anyelement) to public;
 grant update (delete_contact_with_user, delete_user_with_contact) on usersync.settings to usersync_admin;
 grant execute on function usersync.sync_users(anycompatiblearray, text), usersync.sync_users(text),
                           usersync.resync_step(integer, text), usersync.set_sync_source(anycompatible, text, text),
                           usersync.reset_field_mapping(text), usersync.default_field_mapping(text),
                           usersync.preview_resync(integer, text), usersync.doctor(text),
                           usersync._only_pair(),  -- (the default of field_mapping.pair)
-                          usersync._resync_cursor(text, anyelement),  -- (read by links)
                           usersync._table_fields(regclass, name, name)  -- (read by metadata_fields)
                        to usersync_admin;
 grant execute on procedure usersync.resync_all(integer, text) to usersync_admin;

@@ -288,3 +288,22 @@ def test_attach_refuses_when_the_first_sync_would_fail_on_a_field_nothing_fills(
     conn.execute("insert into usersync.field_mapping values ('code', 'code', 'c')")
     conn.execute("update u set sw = true")
     assert conn.execute("select first_name, code from c").fetchall() == [("One", "X")]
+
+
+def test_a_uuid_user_key_feeds_contacts_with_a_bigint_key_of_their_own(conn):
+    conn.execute("create table pu (id uuid primary key default gen_random_uuid(), first_name text,"
+                 " sw boolean not null default true)")
+    conn.execute("create table pc (id bigint generated always as identity primary key, first_name text)")
+    conn.execute("select usersync.attach('pu', 'pc', 'sw', pair => 'p')")
+    conn.execute("insert into pu (first_name) values ('a'), ('b')")
+    conn.execute("update pu set first_name = 'c' where first_name = 'b'")
+    assert conn.execute("select first_name from pc order by id").fetchall() == [("a",), ("c",)]
+
+
+def test_a_text_key_of_another_collation_is_attached_and_listed(conn):
+    conn.execute('create table tu (id text collate "C" primary key, first_name text, sw boolean not null default true)')
+    conn.execute("create table tc (id bigint generated always as identity primary key, first_name text)")
+    conn.execute("select usersync.attach('tu', 'tc', 'sw', pair => 't')")
+    conn.execute("insert into tu (id, first_name) values ('B', 'b'), ('a', 'a')")
+    rows = conn.execute("select user_id, up_to_date from usersync.synchronized_contacts where pair = 't' order by 1")
+    assert sorted(rows.fetchall()) == [("B", True), ("a", True)]

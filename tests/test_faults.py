@@ -46,8 +46,30 @@ def _hold_row_lock(pg_server, dbname, user_id: int) -> psycopg.Connection:
     return blocker
 
 
+def _start_run(pg_server, dbname) -> None:
+    """A run's first batch, before the blocker: a new run would wait for the blocker's open
+    write to end before it starts (see the test below)."""
+    with _admin(pg_server, dbname) as runner:
+        runner.execute("select * from usersync.resync_step(%s)", [BATCH])
+
+
+def test_a_new_run_waits_for_an_open_write_and_lock_timeout_bounds_the_wait(pg_server, dbname, conn, stale_pairs):
+    blocker = _hold_row_lock(pg_server, dbname, one(conn, "select max(id) from users"))
+    with _admin(pg_server, dbname) as runner:
+        runner.execute("set lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="waits for transactions that wrote"):
+            runner.execute("call usersync.resync_all(%s)", [BATCH])
+    assert _up_to_date(conn) == 0
+    blocker.rollback()
+    blocker.close()
+    with _admin(pg_server, dbname) as runner:
+        runner.execute("call usersync.resync_all(%s)", [BATCH])
+    assert _up_to_date(conn) == PAIRS and mismatches(conn) == []
+
+
 def test_a_resync_killed_mid_run_keeps_committed_batches_and_a_rerun_finishes(pg_server, dbname, conn, stale_pairs):
     middle = one(conn, "select id from users order by id offset %s limit 1", [PAIRS // 2])
+    _start_run(pg_server, dbname)
     blocker = _hold_row_lock(pg_server, dbname, middle)
     runner = _admin(pg_server, dbname)
     pid = runner.info.backend_pid
@@ -78,6 +100,7 @@ def test_a_resync_killed_mid_run_keeps_committed_batches_and_a_rerun_finishes(pg
 
 def test_a_resync_hitting_lock_timeout_stops_cleanly_and_resumes(pg_server, dbname, conn, stale_pairs):
     middle = one(conn, "select id from users order by id offset %s limit 1", [PAIRS // 2])
+    _start_run(pg_server, dbname)
     blocker = _hold_row_lock(pg_server, dbname, middle)
     with _admin(pg_server, dbname) as runner:
         runner.execute("set lock_timeout = '200ms'")

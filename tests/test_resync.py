@@ -94,8 +94,48 @@ def test_a_second_run_on_the_same_mapping_leaves_every_pair_up_to_date_while_it_
 def test_the_cursor_is_read_under_the_settings_resync_step_writes_it_with(conn):
     config = ("select array(select c from unnest(proconfig) c where c not like 'search_path=%%'"
               " and c not like 'enable_seqscan=%%' order by c) from pg_proc where oid = %s::regprocedure")
-    assert one(conn, config, ["usersync._resync_cursor(text, anyelement)"]) == \
+    assert one(conn, config, ["usersync._resync_cursor(text, text, anyelement)"]) == \
         one(conn, config, ["usersync.resync_step(integer, text)"])
+
+
+def test_an_application_granted_the_profile_view_reads_it_before_during_and_after_a_run(conn, app_conn, admin_conn,
+                                                                                          users):
+    conn.execute("grant usage on schema usersync to usersync_test_app")
+    conn.execute("grant select on usersync.synchronized_contacts to usersync_test_app")
+    stale = "select count(*) from usersync.synchronized_contacts where not up_to_date"
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    assert one(app_conn, stale) == 25
+    admin_conn.execute("select * from usersync.resync_step(10)")
+    assert one(app_conn, stale) == 15
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(app_conn, stale) == 0
+
+
+def test_a_pair_a_run_failed_is_up_to_date_after_a_later_run_succeeds_on_the_same_mapping(conn, admin_conn, users):
+    conn.execute("alter table contacts add constraint no_bad_title check (title is distinct from 'BAD')")
+    conn.execute("update users set academic_title = 'BAD' where id = %s", [users[3]])
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select synced, failed from usersync.resync_state") == (24, 1)
+    conn.execute("alter table contacts drop constraint no_bad_title")  # the cause goes; the mapping stays
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select synced, failed from usersync.resync_state") == (25, 0)
+    assert one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date") == 0
+    assert mismatches(conn) == []
+
+
+def test_a_run_counts_a_char_key_it_went_past_at_its_full_length(conn, admin_conn):
+    conn.execute("create table cu (code char(5) primary key, first_name text, academic_title text,"
+                 " sync boolean not null default true)")
+    conn.execute("create table cc (id bigint generated always as identity primary key, first_name text, title text)")
+    conn.execute("select usersync.attach('cu', 'cc', 'sync', pair => 'codes')")
+    conn.execute("insert into cu (code, first_name, academic_title) values ('aaaaa', 'A', 'x'), ('bbbbb', 'B', 'x'),"
+                 " ('ccccc', 'C', 'x'), ('ddddd', 'D', 'x')")
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title', 'codes')")
+    admin_conn.execute("select * from usersync.resync_step(2, 'codes')")
+    rows = conn.execute("select user_id, up_to_date from usersync.synchronized_contacts where pair = 'codes'"
+                        " order by 1").fetchall()
+    assert rows == [("aaaaa", True), ("bbbbb", True), ("ccccc", False), ("ddddd", False)]
 
 
 def test_resync_rejects_a_bad_batch_size(admin_conn):

@@ -158,3 +158,21 @@ def test_downgrading_to_0006_stamps_the_pairs_a_resync_run_went_past(new_databas
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         assert all(ok for _, ok in conn.execute(up_to_date).fetchall())
         assert one(conn, "select count(*) from usersync.doctor()") == 0
+
+
+def test_upgrading_0006_during_a_run_keeps_the_pair_it_failed_stale(new_database: Callable[[], Database]):
+    db = new_database()
+    migrate.upgrade(db, "0006")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
+        conn.execute("alter table contacts add column short_title varchar(3)")
+        conn.execute("insert into users (login, academic_title, sync_to_contact)"
+                     " select 'u' || g, case when g = 2 then 'Professor' else 'Dr' end, true"
+                     " from generate_series(1, 6) g")
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+        assert one(conn, "select batch_failed from usersync.resync_step(4)") == 1  # a run in progress
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        stale = conn.execute("select user_id::bigint from usersync.synchronized_contacts where not up_to_date"
+                             " order by 1").fetchall()
+        assert stale == [(2,), (5,), (6,)]

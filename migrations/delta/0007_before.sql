@@ -3,14 +3,22 @@
 -- pair's refresh takes whether to stamp. Only objects of usersync's schema: the refresh of the
 -- old signature goes (the definition generates the new one, and a call with one argument would
 -- otherwise be ambiguous between the two).
+-- A pair the last resync failed (in sync_errors) and that is not stamped with the current version
+-- gets the failure mark 0, as this version's runs give it: a run in progress on the current
+-- mapping would otherwise count it as gone past.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
     a record;
 begin
-    for a in select x.id, x.users, x.user_key from usersync.attachments x loop
+    for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
         execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
                                   usersync._key_type(a.users, a.user_key));
+        execute pg_catalog.format(
+            'update %s l set mapping_version = 0'
+            '  from usersync.sync_errors e, usersync.mapping_state s'
+            ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version <> s.version',
+            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
     end loop;
 end
 $before$;

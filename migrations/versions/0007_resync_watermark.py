@@ -17,7 +17,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "4f820e70907edf4cbc6bf0a5e7819470c83f65cd3dac7e556f47d7bf40d837f9"
+SHA256 = "b36ce596de0f5d67c56d8f8c2449840fea7affa6d63742f6ad2c4ba2d5325a00"
 
 
 def upgrade() -> None:
@@ -26,28 +26,42 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Back to 0006, where only a link's own stamp says it is up to date: the links a run went past
-    # get that stamp first (nothing reads as stale that was not), then this revision's objects go
-    # and 0006's definition, run again, regenerates every pair as 0006 wrote it.
+    # get that stamp first (nothing reads as stale that was not; keys compared as text under
+    # digits that tell every float apart), then 0006's definition, run again, regenerates every
+    # pair as 0006 wrote it and replaces the views (same columns: their privileges and the
+    # application's views on them stay); this revision's objects go last.
     run_sql("""
         do $$
         declare
             a record;
         begin
-            for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
+            perform pg_catalog.set_config('extra_float_digits', '3', true);
+            for a in select x.id, x.pair from usersync.attachments x loop
                 execute pg_catalog.format(
                     'update %s l set mapping_version = s.version'
-                    '  from usersync.links v, usersync.mapping_state s'
+                    '  from usersync.synchronized_contacts v, usersync.mapping_state s'
                     ' where v.pair = %L and v.up_to_date and v.user_id = l.user_id::pg_catalog.text'
                     '   and s.pair = %L and l.mapping_version <> s.version',
                     usersync._links_table(a.id), a.pair, a.pair);
+            end loop;
+        end
+        $$;
+    """)
+    run_sql("""
+        do $$
+        declare
+            a record;
+        begin
+            for a in select x.id, x.users, x.user_key from usersync.attachments x loop
                 execute pg_catalog.format('drop function if exists usersync.%I(%s[], boolean)',
                                           '_g' || a.id || '_refresh', usersync._key_type(a.users, a.user_key));
             end loop;
         end
         $$;
-        drop view usersync.synchronized_contacts;
-        drop view usersync.links;
-        drop function usersync._resync_cursor(text, anyelement);
-        alter table usersync.mapping_state drop column covered_version;
     """)
     run_sql(earlier_frozen_sql(__file__, "0006_row_update.py", "0006_row_update.sql"))
+    run_sql("""
+        revoke select on usersync.synchronized_contacts from usersync_engine;
+        drop function usersync._resync_cursor(text, text, anyelement);
+        alter table usersync.mapping_state drop column covered_version;
+    """)

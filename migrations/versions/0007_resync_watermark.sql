@@ -3,14 +3,22 @@
 -- pair's refresh takes whether to stamp. Only objects of usersync's schema: the refresh of the
 -- old signature goes (the definition generates the new one, and a call with one argument would
 -- otherwise be ambiguous between the two).
+-- A pair the last resync failed (in sync_errors) and that is not stamped with the current version
+-- gets the failure mark 0, as this version's runs give it: a run in progress on the current
+-- mapping would otherwise count it as gone past.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
     a record;
 begin
-    for a in select x.id, x.users, x.user_key from usersync.attachments x loop
+    for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
         execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
                                   usersync._key_type(a.users, a.user_key));
+        execute pg_catalog.format(
+            'update %s l set mapping_version = 0'
+            '  from usersync.sync_errors e, usersync.mapping_state s'
+            ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version <> s.version',
+            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
     end loop;
 end
 $before$;
@@ -683,35 +691,57 @@ $$;
 comment on function usersync.attach_preview(regclass, regclass, name, boolean, text) is
     'What usersync.attach would do with these arguments (the checks, the users it would sync, the contacts it would create or link, the default mapping, warnings), writing nothing';
 
--- The views over every pair's links table: rebuilt when a pair comes or goes.
--- up_to_date is decided here, per pair, where the keys still have their own type: a link stamped
--- with the current mapping version, or one that a resync run on the current mapping went past
--- (a finished run, mapping_state.covered_version, or the cursor of the run in progress, read in
--- the key's type by usersync._resync_cursor) and did not mark failed (mapping_version 0).
+-- The views over every pair's links table: rebuilt when a pair comes or goes. Keys are shown as
+-- text (of the default collation: pairs' keys differ in type and collation).
+-- synchronized_contacts decides up_to_date per pair, where the keys still have their own type: a
+-- link stamped with the current mapping version, or one that a resync run on the current
+-- mapping went past (a finished run: mapping_state.covered_version; the run in progress: its
+-- cursor, read back in the key's type by usersync._resync_cursor) and did not mark failed
+-- (mapping_version 0). The view reads the engine's state with its owner's rights, so a role
+-- granted SELECT on it needs nothing else (docs/sql-api.md).
 create or replace function usersync._rebuild_views()
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    body text;
+    links_body text;
+    contacts_body text;
 begin
-    body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
-                          'select %1$L::pg_catalog.text as pair, l.user_id::pg_catalog.text as user_id,'
-                          ' l.contact_id::pg_catalog.text as contact_id, l.source, l.active, l.mapping_version, l.synced_at,'
-                          ' l.mapping_version = s.version'
-                          '  or l.mapping_version > 0'
-                          '     and (s.covered_version = s.version'
-                          '          or coalesce(l.user_id <= (select usersync._resync_cursor(%1$L, null::%3$s)), false))'
-                          '  as up_to_date'
-                          ' from %2$s l join usersync.mapping_state s on s.pair = %1$L',
-                          a.pair, usersync._links_table(a.id), usersync._key_type(a.users, a.user_key)),
-                          ' union all ' order by a.id)
+    links_body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
+                          'select %L::pg_catalog.text as pair, l.user_id::pg_catalog.text collate pg_catalog."default" as user_id,'
+                          ' l.contact_id::pg_catalog.text collate pg_catalog."default" as contact_id, l.source, l.active,'
+                          ' l.mapping_version, l.synced_at'
+                          ' from %s l', a.pair, usersync._links_table(a.id)), ' union all ' order by a.id)
                         from usersync.attachments a),
                      'select null::pg_catalog.text as pair, null::pg_catalog.text as user_id, null::pg_catalog.text as contact_id,'
                      ' null::pg_catalog.text as source, null::pg_catalog.bool as active, null::pg_catalog.int8 as mapping_version,'
-                     ' null::pg_catalog.timestamptz as synced_at, null::pg_catalog.bool as up_to_date where false');
-    execute 'create or replace view usersync.links as ' || body;
+                     ' null::pg_catalog.timestamptz as synced_at where false');
+    execute 'create or replace view usersync.links as ' || links_body;
+    contacts_body := coalesce((select pg_catalog.string_agg(pg_catalog.format(
+                          'select %1$L::pg_catalog.text as pair,'
+                          ' l.contact_id::pg_catalog.text collate pg_catalog."default" as contact_id,'
+                          ' l.user_id::pg_catalog.text collate pg_catalog."default" as user_id, l.source, l.synced_at,'
+                          ' l.mapping_version = s.version'
+                          '  or l.mapping_version > 0'
+                          '     and (s.covered_version = s.version'
+                          '          or coalesce(l.user_id <= (select usersync._resync_cursor(r.after_user_id, %3$L, null::%3$s)'
+                          '                                      from usersync.resync_state r'
+                          '                                     where r.pair = %1$L and r.mapping_version ='
+                          '                                           (select m.version from usersync.mapping_state m'
+                          '                                             where m.pair = %1$L)), false))'
+                          '  as up_to_date'
+                          ' from %2$s l join usersync.mapping_state s on s.pair = %1$L'
+                          ' where l.active',
+                          a.pair, usersync._links_table(a.id),
+                          (select pg_catalog.format_type(x.atttypid, x.atttypmod) from pg_catalog.pg_attribute x
+                            where x.attrelid = a.users and x.attname = a.user_key)),
+                          ' union all ' order by a.id)
+                        from usersync.attachments a),
+                     'select null::pg_catalog.text as pair, null::pg_catalog.text as contact_id, null::pg_catalog.text as user_id,'
+                     ' null::pg_catalog.text as source, null::pg_catalog.timestamptz as synced_at,'
+                     ' null::pg_catalog.bool as up_to_date where false');
+    execute 'create or replace view usersync.synchronized_contacts as ' || contacts_body;
 end
 $$;
 
@@ -1968,8 +1998,14 @@ begin
         'BULK_ROWS', '100',  -- above this many rows, statements on transition tables are planned per call
         'SMALL_ROWS', '8',  -- up to this many rows, an UPDATE's rows are synced one by one (@G@on_users_update)
         'CID', cid,
-        'CID_U', pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
-        'CID_N', pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end,
+        -- (a pair without a shared key has no such key: a null of the contact key's type, since a
+        -- cast of, say, a uuid user key to a bigint contact key would not even parse)
+        'CID_U', case when a.shared_key
+                      then pg_catalog.format('u.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end
+                      else 'null::' || ckt end,
+        'CID_N', case when a.shared_key
+                      then pg_catalog.format('n.%I', a.user_key) || case when ukt <> ckt then '::' || ckt else '' end
+                      else 'null::' || ckt end,
         'C_UNMAPPED_FILLED', coalesce((select pg_catalog.string_agg(pg_catalog.format('c.%I is not null', f.field), ' or ')
                                          from usersync._gen_contact_fields(a.pair) f where f.user_field is null), 'false'),
         'SHARED', a.shared_key::text,
@@ -2129,17 +2165,17 @@ begin
     -- contact (a reversed pair's link, then its contact and user below, as set_sync_source does).
     -- A resync batch (p_stamp false) reads the links instead of stamping them: the users' lock
     -- above already orders it with every write of these pairs, and the run's cursor, not a stamp
-    -- per link, says which pairs it went past (resync_step). Only one of the two branches of l
-    -- reads anything; the other is a one-time false filter.
+    -- per link, says which pairs it went past (resync_step). It stamps only a link an earlier run
+    -- marked failed (0), which its cursor would not make up to date again.
     with stamped as (
         update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-         where p_stamp and l.user_id = any(p_user_ids) and l.active
+         where (p_stamp or l.mapping_version = 0) and l.user_id = any(p_user_ids) and l.active
         returning l.user_id, l.contact_id, l.source),
     l as (
         select * from stamped
         union all
         select l.user_id, l.contact_id, l.source from @LINKS@ l
-         where not p_stamp and l.user_id = any(p_user_ids) and l.active),
+         where not p_stamp and l.mapping_version <> 0 and l.user_id = any(p_user_ids) and l.active),
     w as (
         update @C@ c set (@C_COLS@) = row(@C_IMG_U@)
           from l join @U@ u on u.@UK@ = l.user_id
@@ -2963,11 +2999,12 @@ $$;
 comment on function usersync.sync_users(text) is
     '"Synchronize users": (re)syncs every user of the pair whose switch is on; sync_users(NULL) does the same';
 
--- The cursor of the pair's resync run on the current mapping, in the key's type (the type of
--- p_key, a null of it), or null: where usersync.links decides whether a run went past a pair.
--- It reads the text back under the settings resync_step wrote it with (the same SET list: a test
--- compares them), so the answer does not depend on the session's.
-create or replace function usersync._resync_cursor(p_pair text, p_key anyelement)
+-- A resync run's cursor (text) in the key's type, p_type as format_type writes it (its length
+-- too: char(5), not char(1)), p_like a null of that type: where usersync.synchronized_contacts
+-- decides whether a run went past a pair. It reads the text back under the settings resync_step
+-- wrote it with (the same SET list: a test compares them), so the answer does not depend on the
+-- session's. It runs as its caller and reads nothing; p_type must be a type name.
+create or replace function usersync._resync_cursor(p_cursor text, p_type text, p_like anyelement)
 returns anyelement
 language plpgsql
 stable
@@ -2976,17 +3013,16 @@ set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' s
 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
-declare
-    after text;
 begin
-    select r.after_user_id into after
-      from usersync.resync_state r join usersync.mapping_state s on s.pair = r.pair
-     where r.pair = p_pair and r.mapping_version = s.version;
-    if after is null then
+    if p_cursor is null then
         return null;
     end if;
-    execute pg_catalog.format('select $1::%s', pg_catalog.pg_typeof(p_key)) into p_key using after;
-    return p_key;
+    if pg_catalog.to_regtype(p_type) is distinct from pg_catalog.pg_typeof(p_like) then
+        raise exception using errcode = '22023', message = pg_catalog.format('%L is not the type of %L', p_type, p_like),
+            hint = 'usersync.synchronized_contacts calls this function; it is not for direct use.';
+    end if;
+    execute pg_catalog.format('select $1::%s', p_type) into p_like using p_cursor;
+    return p_like;
 end
 $$;
 
@@ -3024,6 +3060,8 @@ declare
     e_msg text;
     n bigint;
     covered boolean;
+    writers text[];
+    waited timestamptz;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -3045,6 +3083,31 @@ begin
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
     if not found or st.finished_at is not null
        or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+        -- A transaction still open that wrote the pair's tables may have run the code of an
+        -- earlier mapping (a trigger runs the code current when it fires): a link it made, at
+        -- that mapping's version, would be invisible to this run's batches, yet counted as gone
+        -- past once it commits. The run waits for such transactions, as CREATE INDEX
+        -- CONCURRENTLY waits for older ones; later writers run this mapping's code. (lock_timeout,
+        -- if set, bounds the wait.)
+        writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
+                          where x.locktype = 'relation' and x.relation in (a.users, a.contacts)
+                            and x.mode = 'RowExclusiveLock' and x.pid <> pg_catalog.pg_backend_pid());
+        waited := pg_catalog.clock_timestamp();
+        if exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) then
+            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it',
+                a.pair, pg_catalog.cardinality(writers), a.users, a.contacts;
+        end if;
+        while exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) loop
+            if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'
+               and pg_catalog.clock_timestamp() - waited > pg_catalog.current_setting('lock_timeout')::pg_catalog.interval then
+                raise exception using errcode = '55P03',
+                    message = pg_catalog.format('a resync run of pair %L waits for transactions that wrote %s or %s '
+                                                'before it started', a.pair, a.users, a.contacts),
+                    detail = 'They may have synced their rows with the mapping before the current one.',
+                    hint = 'Let them finish (pg_stat_activity shows them), then run it again.';
+            end if;
+            perform pg_catalog.pg_sleep(0.01);
+        end loop;
         execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
         insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
         values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),
@@ -3680,7 +3743,7 @@ begin
         select (select pg_catalog.count(*) from %9$s l where l.active),
                (select pg_catalog.count(distinct x.user_id) from changed x),
                (select pg_catalog.count(distinct x.user_id) from failed x),
-               (select pg_catalog.count(*) from usersync.links l where l.pair = %10$L and l.active and not l.up_to_date),
+               (select pg_catalog.count(*) from usersync.synchronized_contacts l where l.pair = %10$L and not l.up_to_date),
                coalesce((select pg_catalog.jsonb_agg(
                                     case when x.failing
                                          then pg_catalog.jsonb_build_object('user_id', x.user_id, 'contact_id', x.contact_id,
@@ -4415,15 +4478,6 @@ comment on function usersync.repair(text) is
 
 do $$ begin perform usersync._rebuild_views(); end $$;
 
-create or replace view usersync.synchronized_contacts as
-select l.pair,
-       l.contact_id,
-       l.user_id,
-       l.source,
-       l.synced_at,
-       l.up_to_date
-  from usersync.links l
- where l.active;
 comment on view usersync.synchronized_contacts is
     'User contacts (the "profile icon"), keys as text; up_to_date is false when the mapping changed since the pair was last synced';
 
@@ -4535,14 +4589,15 @@ grant select on usersync.attachments, usersync.pairs, usersync.modules, usersync
                 usersync.metadata_fields, usersync.synchronized_contacts to usersync_admin;
 grant insert, update, delete, truncate on usersync.field_mapping to usersync_admin;
 -- (after the administrators' grant, as an upgrade from 0006 orders the view's privileges)
-grant select on usersync.links to usersync_engine;  -- (preview_resync counts the pairs that are not up to date)
+grant select on usersync.synchronized_contacts to usersync_engine;  -- (preview_resync counts the stale pairs)
+-- Read by synchronized_contacts for whoever may read it; it only reads a key from text.
+grant execute on function usersync._resync_cursor(text, text, anyelement) to public;
 grant update (delete_contact_with_user, delete_user_with_contact) on usersync.settings to usersync_admin;
 grant execute on function usersync.sync_users(anycompatiblearray, text), usersync.sync_users(text),
                           usersync.resync_step(integer, text), usersync.set_sync_source(anycompatible, text, text),
                           usersync.reset_field_mapping(text), usersync.default_field_mapping(text),
                           usersync.preview_resync(integer, text), usersync.doctor(text),
                           usersync._only_pair(),  -- (the default of field_mapping.pair)
-                          usersync._resync_cursor(text, anyelement),  -- (read by links)
                           usersync._table_fields(regclass, name, name)  -- (read by metadata_fields)
                        to usersync_admin;
 grant execute on procedure usersync.resync_all(integer, text) to usersync_admin;
