@@ -467,6 +467,15 @@ begin
 end
 $$;
 
+-- One generation of a pair at a time, until its transaction ends: two under the shared
+-- configuration lock (a resync run finishing, doctor's comparison) would replace the same
+-- functions side by side and one would fail ("tuple concurrently updated"), and doctor must not
+-- read the code while a generation is in flight.
+create or replace function usersync._lock_generation(p_id integer)
+returns void language sql set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('usersync._generate'), p_id)
+$$;
+
 create or replace function usersync._generate(p_pair text)
 returns void
 language plpgsql
@@ -487,6 +496,7 @@ declare
     fn text;
     new boolean;
 begin
+    perform usersync._lock_generation(a.id);
     -- New contacts get their key before they are inserted, so that one set-based INSERT can
     -- create both the contacts and the links (RETURNING cannot tell which user a row came from).
     -- With a shared key the contact's key is its user's.

@@ -127,6 +127,79 @@ begin
 end
 $$;
 
+-- Before a resync run starts on a mapping: wait for the transactions still open that wrote the
+-- pair's tables. One of them may have run the code of the mapping before (a trigger runs the
+-- code current when it fires, and takes no lock of the engine's): a link it made, at that
+-- mapping's version, would be invisible to the run's batches, yet counted as gone past once it
+-- commits. So the run waits for them, as CREATE INDEX CONCURRENTLY waits for older
+-- transactions; a transaction that begins later runs the current code. The waiting is a sleep,
+-- which PostgreSQL's deadlock detector cannot see: a transaction it waits for that waits for
+-- this one ends it with 40P01, and lock_timeout, if set, bounds it (55P03). It only makes sense
+-- where the batches then see what those transactions committed, and once the current code is
+-- committed: READ COMMITTED, and not in the transaction that changed the mapping.
+create or replace function usersync._await_writers(a usersync.attachments)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    writers text[];
+    pids integer[];
+    since timestamptz := pg_catalog.clock_timestamp();
+    told boolean := false;
+begin
+    if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+        raise exception using errcode = '25000',
+            message = pg_catalog.format('a resync run of pair %L starts only in a READ COMMITTED transaction', a.pair),
+            detail = 'Its batches must see what the transactions it waits for commit.',
+            hint = 'Run it at the default isolation level, as CALL usersync.resync_all() does.';
+    end if;
+    if exists (select from pg_catalog.pg_locks x
+                where x.locktype = 'relation' and x.relation = 'usersync.config_lock'::pg_catalog.regclass
+                  and x.pid = pg_catalog.pg_backend_pid() and x.mode = 'ExclusiveLock' and x.granted) then
+        raise exception using errcode = '25000',
+            message = pg_catalog.format('the mapping or the tables of pair %L changed in this transaction', a.pair),
+            detail = 'A resync run starts once the code of the current mapping is committed, so that writes after it run that code.',
+            hint = 'Commit, then run the resync.';
+    end if;
+    writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
+                      where x.locktype = 'relation'
+                        and x.database = (select d.oid from pg_catalog.pg_database d
+                                           where d.datname = pg_catalog.current_database())
+                        and x.relation in (a.users, a.contacts) and x.mode = 'RowExclusiveLock' and x.granted
+                        and x.pid is distinct from pg_catalog.pg_backend_pid());
+    loop
+        pids := array(select x.pid from pg_catalog.pg_locks x
+                       where x.locktype = 'virtualxid' and x.virtualxid = any(writers) and x.granted);
+        exit when pg_catalog.cardinality(pids) = 0;
+        if not told then
+            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it (pids %)',
+                a.pair, pg_catalog.cardinality(pids), a.users, a.contacts, pg_catalog.array_to_string(pids, ', ');
+            told := true;
+        end if;
+        if exists (select from pg_catalog.unnest(pids) w(pid)
+                    where pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(w.pid))) then
+            raise exception using errcode = '40P01',
+                message = pg_catalog.format('a resync run of pair %L would wait for a transaction that waits for it',
+                                            a.pair),
+                detail = pg_catalog.format('Sessions %s wrote %s or %s before the run and wait for a lock this '
+                                           'transaction holds.', pg_catalog.array_to_string(pids, ', '), a.users, a.contacts),
+                hint = 'Run the resync in a transaction of its own.';
+        end if;
+        if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'
+           and pg_catalog.clock_timestamp() - since > pg_catalog.current_setting('lock_timeout')::pg_catalog.interval then
+            raise exception using errcode = '55P03',
+                message = pg_catalog.format('a resync run of pair %L waits for transactions that wrote %s or %s '
+                                            'before it started', a.pair, a.users, a.contacts),
+                detail = pg_catalog.format('Sessions %s may have synced their rows with the mapping before the current one.',
+                                           pg_catalog.array_to_string(pids, ', ')),
+                hint = 'Let them finish (pg_stat_activity shows them), then run it again.';
+        end if;
+        perform pg_catalog.pg_sleep(0.01);
+    end loop;
+end
+$$;
+
 create or replace function usersync.resync_step(batch_size integer default 1000, pair text default null)
 returns table (done boolean, batch_synced bigint, batch_changed bigint, batch_failed bigint,
                synced bigint, changed bigint, failed bigint, total bigint)
@@ -161,12 +234,19 @@ declare
     e_msg text;
     n bigint;
     covered boolean;
-    writers text[];
-    waited timestamptz;
+    awaited bigint;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
             hint = 'Pass a positive number of pairs per batch, e.g. 1000.';
+    end if;
+    -- A call that will start a run waits first (usersync._await_writers), holding no lock of the
+    -- engine's: a transaction it waits for may want one (to change the mapping, to run a batch).
+    -- A run on the mapping a finished run already waited for needs no wait.
+    select * into st from usersync.resync_state x where x.pair = a.pair;
+    if not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+        perform usersync._await_writers(a);
+        awaited := (select s.version from usersync.mapping_state s where s.pair = a.pair);
     end if;
     lock table usersync.config_lock in share mode;
     -- One run at a time per pair: the state row is the run's lock as well as its cursor.
@@ -184,31 +264,11 @@ begin
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
     if not found or st.finished_at is not null
        or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
-        -- A transaction still open that wrote the pair's tables may have run the code of an
-        -- earlier mapping (a trigger runs the code current when it fires): a link it made, at
-        -- that mapping's version, would be invisible to this run's batches, yet counted as gone
-        -- past once it commits. The run waits for such transactions, as CREATE INDEX
-        -- CONCURRENTLY waits for older ones; later writers run this mapping's code. (lock_timeout,
-        -- if set, bounds the wait.)
-        writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
-                          where x.locktype = 'relation' and x.relation in (a.users, a.contacts)
-                            and x.mode = 'RowExclusiveLock' and x.pid <> pg_catalog.pg_backend_pid());
-        waited := pg_catalog.clock_timestamp();
-        if exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) then
-            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it',
-                a.pair, pg_catalog.cardinality(writers), a.users, a.contacts;
+        -- (the mapping changed since the wait above, or another run finished on an older one)
+        if awaited is distinct from (select s.version from usersync.mapping_state s where s.pair = a.pair)
+           and (not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair)) then
+            perform usersync._await_writers(a);
         end if;
-        while exists (select from pg_catalog.pg_locks x where x.locktype = 'virtualxid' and x.virtualxid = any(writers)) loop
-            if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'
-               and pg_catalog.clock_timestamp() - waited > pg_catalog.current_setting('lock_timeout')::pg_catalog.interval then
-                raise exception using errcode = '55P03',
-                    message = pg_catalog.format('a resync run of pair %L waits for transactions that wrote %s or %s '
-                                                'before it started', a.pair, a.users, a.contacts),
-                    detail = 'They may have synced their rows with the mapping before the current one.',
-                    hint = 'Let them finish (pg_stat_activity shows them), then run it again.';
-            end if;
-            perform pg_catalog.pg_sleep(0.01);
-        end loop;
         execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
         insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
         values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),

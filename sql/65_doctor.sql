@@ -80,6 +80,9 @@ begin
         end loop;
         -- Generated code that no longer matches the tables and the mapping (a change made while
         -- the guard was off): generate it again in a subtransaction, compare, roll back.
+        -- (after any generation of the pair in flight has committed: a resync run finishing
+        -- generates it again, and the code read before it would differ from the code made after)
+        perform usersync._lock_generation(a.id);
         code_query := pg_catalog.format(
             'select pg_catalog.md5(pg_catalog.string_agg(p.proname || p.prosrc || coalesce(p.proconfig::text, ''''), '''' order by p.proname))'
             ' from pg_catalog.pg_proc p where p.pronamespace = ''usersync''::pg_catalog.regnamespace and p.proname like %L',

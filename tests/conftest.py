@@ -125,13 +125,15 @@ def new_database(pg_server: harness.Server) -> Iterator[Callable[[], Database]]:
 
 @pytest.fixture
 def sessions(pg_server: harness.Server, dbname: str, conn: psycopg.Connection):
-    """Opens sessions as the application ('app') or an administrator ('admin') for explicit interleavings."""
+    """Opens sessions as the application ('app'), an administrator ('admin') or the tables' owner, a
+    superuser ('owner'), for explicit interleavings."""
     opened: list[Session] = []
 
     def open_sessions(*roles: str) -> tuple[Interleaving, list[Session]]:
         for i, role in enumerate(roles):
-            user = {"app": harness.APP_ROLE, "admin": harness.ADMIN_ROLE}[role]
-            info = pg_server.conninfo(dbname, user=user, password=harness.ROLE_PASSWORD)
+            user = {"app": harness.APP_ROLE, "admin": harness.ADMIN_ROLE, "owner": None}[role]
+            info = (pg_server.conninfo(dbname) if user is None
+                    else pg_server.conninfo(dbname, user=user, password=harness.ROLE_PASSWORD))
             opened.append(Session(info, f"s{i + 1}-{role}"))
         return Interleaving(conn, opened), opened
 

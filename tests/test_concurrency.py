@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import add_user, contact, contact_id, mismatches, one
+from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
+
+import harness
 
 
 def _settle(conn: psycopg.Connection) -> None:
@@ -44,6 +46,56 @@ def test_a_new_run_waits_for_a_user_inserted_under_the_mapping_before(sessions, 
     it.step(admin, "call usersync.resync_all(100)")
     assert mismatches(conn) == []
     assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts") is True
+    _settle(conn)
+
+
+def test_a_waiting_run_holds_no_lock_a_mapping_change_of_the_transaction_it_waits_for_needs(sessions, conn):
+    add_user(conn, "a")
+    it, (owner, admin) = sessions("owner", "admin")
+    it.step(owner, "begin")
+    it.step(owner, "insert into users (login, academic_title, sync_to_contact) values ('b', 'Dr', true)")
+    batch = it.step(admin, "select * from usersync.resync_step(100)", blocks=True)
+    it.step(owner, "insert into usersync.field_mapping values ('academic_title', 'title')")  # (a deploy script)
+    it.step(owner, "commit")
+    it.result(batch)
+    it.step(admin, "call usersync.resync_all(100)")
+    assert mismatches(conn) == []
+    assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts") is True
+
+
+def test_a_run_waiting_for_a_transaction_that_waits_for_it_ends_with_a_deadlock_error(sessions, conn):
+    uid = add_user(conn, "a")
+    it, (owner, app) = sessions("owner", "app")
+    it.step(owner, "begin")
+    it.step(owner, "select from users where id = %s for update", [uid])
+    update = it.step(app, "update users set first_name = 'x' where id = %s", [uid], blocks=True)
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    # A new run would wait for the app's open write, which waits for this transaction's row lock.
+    with raises_sqlstate("40P01", match="would wait for a transaction that waits for it"):
+        it.result(it.step(owner, "select * from usersync.resync_step(100)"))
+    it.step(owner, "rollback")
+    it.result(update)
+    _settle(conn)
+
+
+def test_a_run_waits_neither_for_a_queued_writer_nor_for_a_writer_in_another_database(
+        sessions, conn, pg_server, template_db):
+    add_user(conn, "a")
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    it, (owner, app) = sessions("owner", "app")
+    it.step(owner, "begin")
+    it.step(owner, "lock table users in share mode")  # (how an owner freezes writes during a resync)
+    queued = it.step(app, "insert into users (login, sync_to_contact) values ('q', true)", blocks=True)
+    it.step(owner, "select * from usersync.resync_step(100)")
+    it.step(owner, "commit")
+    it.result(queued)
+    it.step(owner, "call usersync.resync_all(100)")
+    with harness.cloned_database(pg_server, template_db) as other, \
+            psycopg.connect(pg_server.conninfo(other)) as elsewhere:
+        elsewhere.execute("insert into users (login, sync_to_contact) values ('elsewhere', true)")  # left open
+        conn.execute("update usersync.field_mapping set contact_field = 'notes' where user_field = 'academic_title'")
+        assert one(conn, "select done from usersync.resync_step(100)") is False
+        elsewhere.rollback()
     _settle(conn)
 
 

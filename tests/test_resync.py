@@ -216,3 +216,29 @@ def test_a_mapped_field_of_another_type_is_rewritten_only_where_its_value_differ
     assert preview == (1, 1)
     assert one(conn, "select changed, failed from usersync.resync_state") == preview
     assert one(conn, "select short_code from contacts where id = %s", [contact_id(conn, uids[0])]) == "b0"
+
+
+def test_a_run_starts_only_in_read_committed_and_not_where_the_mapping_just_changed(conn, admin_conn, users):
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    with admin_conn.transaction():
+        admin_conn.execute("set transaction isolation level repeatable read")
+        with raises_sqlstate("25000", match="READ COMMITTED"):
+            admin_conn.execute("select * from usersync.resync_step(10)")
+    with admin_conn.transaction():
+        admin_conn.execute("update usersync.field_mapping set contact_field = 'notes'"
+                           " where user_field = 'academic_title'")
+        with raises_sqlstate("25000", match="changed in this transaction"):
+            admin_conn.execute("select * from usersync.resync_step(10)")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert mismatches(conn) == []
+
+
+def test_doctor_waits_for_a_run_that_finishes_and_generates_the_code_again(sessions, conn, users):
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    it, (a1, a2) = sessions("admin", "admin")
+    it.step(a1, "begin")
+    it.step(a1, "select * from usersync.resync_step(100)")
+    it.step(a1, "select * from usersync.resync_step(100)")  # finishes: the pair's code is generated again
+    doctor = it.step(a2, "select count(*) from usersync.doctor()", blocks=True)
+    it.step(a1, "commit")
+    assert it.result(doctor) == [(0,)]

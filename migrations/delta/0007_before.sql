@@ -5,7 +5,9 @@
 -- otherwise be ambiguous between the two).
 -- A pair the last resync failed (in sync_errors) and that is not stamped with the current version
 -- gets the failure mark 0, as this version's runs give it: a run in progress on the current
--- mapping would otherwise count it as gone past.
+-- mapping would otherwise count it as gone past. So does every other link such a run is past and
+-- did not stamp: 0006 stamped each pair it synced, so it is one the run did not see (a link a
+-- transaction still open under the mapping before made), and it stays stale, as in 0006.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
@@ -18,6 +20,12 @@ begin
             'update %s l set mapping_version = 0'
             '  from usersync.sync_errors e, usersync.mapping_state s'
             ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version <> s.version',
+            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+        execute pg_catalog.format(
+            'update %s l set mapping_version = 0'
+            '  from usersync.resync_state r, usersync.mapping_state s'
+            ' where r.pair = %L and s.pair = %L and r.finished_at is null and r.mapping_version = s.version'
+            '   and l.active and l.mapping_version <> s.version and l.user_id <= r.after_user_id::%s',
             usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
     end loop;
 end

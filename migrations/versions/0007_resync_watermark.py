@@ -17,7 +17,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "b36ce596de0f5d67c56d8f8c2449840fea7affa6d63742f6ad2c4ba2d5325a00"
+SHA256 = "9686f1a0d199eb8fa30d1d30adc7d5d4fdfc8770244128615275a56817bbd080"
 
 
 def upgrade() -> None:
@@ -63,5 +63,7 @@ def downgrade() -> None:
     run_sql("""
         revoke select on usersync.synchronized_contacts from usersync_engine;
         drop function usersync._resync_cursor(text, text, anyelement);
+        drop function usersync._await_writers(usersync.attachments);
+        drop function usersync._lock_generation(integer);
         alter table usersync.mapping_state drop column covered_version;
     """)
