@@ -235,6 +235,7 @@ declare
     n bigint;
     covered boolean;
     awaited bigint;
+    current_version bigint;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -243,12 +244,14 @@ begin
     -- A call that will start a run waits first (usersync._await_writers), holding no lock of the
     -- engine's: a transaction it waits for may want one (to change the mapping, to run a batch).
     -- A run on the mapping a finished run already waited for needs no wait.
+    current_version := (select s.version from usersync.mapping_state s where s.pair = a.pair);
     select * into st from usersync.resync_state x where x.pair = a.pair;
-    if not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+    if not found or st.mapping_version <> current_version then
         perform usersync._await_writers(a);
-        awaited := (select s.version from usersync.mapping_state s where s.pair = a.pair);
+        awaited := current_version;
     end if;
     lock table usersync.config_lock in share mode;
+    current_version := (select s.version from usersync.mapping_state s where s.pair = a.pair);  -- (now it holds)
     -- One run at a time per pair: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state x where x.pair = a.pair for update;
     if found and st.finished_at is null and st.owner_pid is distinct from pg_catalog.pg_backend_pid()
@@ -262,16 +265,14 @@ begin
     end if;
     -- A finished run, or none: start one. A run whose mapping changed between two batches starts
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
-    if not found or st.finished_at is not null
-       or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+    if not found or st.finished_at is not null or st.mapping_version <> current_version then
         -- (the mapping changed since the wait above, or another run finished on an older one)
-        if awaited is distinct from (select s.version from usersync.mapping_state s where s.pair = a.pair)
-           and (not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair)) then
+        if awaited is distinct from current_version and (not found or st.mapping_version <> current_version) then
             perform usersync._await_writers(a);
         end if;
         execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
         insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
-        values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),
+        values (a.pair, pg_catalog.now(), current_version,
                 null, n, pg_catalog.pg_backend_pid())
         on conflict (pair) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,

@@ -3,11 +3,11 @@
 -- pair's refresh takes whether to stamp. Only objects of usersync's schema: the refresh of the
 -- old signature goes (the definition generates the new one, and a call with one argument would
 -- otherwise be ambiguous between the two).
--- A pair the last resync failed (in sync_errors) and that is not stamped with the current version
--- gets the failure mark 0, as this version's runs give it: a run in progress on the current
--- mapping would otherwise count it as gone past. So does every other link such a run is past and
--- did not stamp: 0006 stamped each pair it synced, so it is one the run did not see (a link a
--- transaction still open under the mapping before made), and it stays stale, as in 0006.
+-- A link that a run in progress on the current mapping went past without stamping gets the
+-- failure mark 0, or it would count as gone past: 0006 stamped each pair it synced, so it is a
+-- pair the run failed (in sync_errors) or did not see (a link a transaction still open under the
+-- mapping before made), and it stays stale, as in 0006. No other link needs it: with
+-- covered_version 0, no finished run covers anything yet.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
@@ -16,11 +16,6 @@ begin
     for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
         execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
                                   usersync._key_type(a.users, a.user_key));
-        execute pg_catalog.format(
-            'update %s l set mapping_version = 0'
-            '  from usersync.sync_errors e, usersync.mapping_state s'
-            ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version <> s.version',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
         execute pg_catalog.format(
             'update %s l set mapping_version = 0'
             '  from usersync.resync_state r, usersync.mapping_state s'

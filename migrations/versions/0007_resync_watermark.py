@@ -17,7 +17,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "9686f1a0d199eb8fa30d1d30adc7d5d4fdfc8770244128615275a56817bbd080"
+SHA256 = "bd0a993946b7c37a37b523c5703e4e8783818131ab246b01ad1362addc606b37"
 
 
 def upgrade() -> None:
@@ -36,23 +36,14 @@ def downgrade() -> None:
             a record;
         begin
             perform pg_catalog.set_config('extra_float_digits', '3', true);
-            for a in select x.id, x.pair from usersync.attachments x loop
+            for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
                 execute pg_catalog.format(
                     'update %s l set mapping_version = s.version'
                     '  from usersync.synchronized_contacts v, usersync.mapping_state s'
                     ' where v.pair = %L and v.up_to_date and v.user_id = l.user_id::pg_catalog.text'
                     '   and s.pair = %L and l.mapping_version <> s.version',
                     usersync._links_table(a.id), a.pair, a.pair);
-            end loop;
-        end
-        $$;
-    """)
-    run_sql("""
-        do $$
-        declare
-            a record;
-        begin
-            for a in select x.id, x.users, x.user_key from usersync.attachments x loop
+                -- (0006's definition makes the refresh of one argument: a call would be ambiguous)
                 execute pg_catalog.format('drop function if exists usersync.%I(%s[], boolean)',
                                           '_g' || a.id || '_refresh', usersync._key_type(a.users, a.user_key));
             end loop;

@@ -3,11 +3,11 @@
 -- pair's refresh takes whether to stamp. Only objects of usersync's schema: the refresh of the
 -- old signature goes (the definition generates the new one, and a call with one argument would
 -- otherwise be ambiguous between the two).
--- A pair the last resync failed (in sync_errors) and that is not stamped with the current version
--- gets the failure mark 0, as this version's runs give it: a run in progress on the current
--- mapping would otherwise count it as gone past. So does every other link such a run is past and
--- did not stamp: 0006 stamped each pair it synced, so it is one the run did not see (a link a
--- transaction still open under the mapping before made), and it stays stale, as in 0006.
+-- A link that a run in progress on the current mapping went past without stamping gets the
+-- failure mark 0, or it would count as gone past: 0006 stamped each pair it synced, so it is a
+-- pair the run failed (in sync_errors) or did not see (a link a transaction still open under the
+-- mapping before made), and it stays stale, as in 0006. No other link needs it: with
+-- covered_version 0, no finished run covers anything yet.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
@@ -16,11 +16,6 @@ begin
     for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
         execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
                                   usersync._key_type(a.users, a.user_key));
-        execute pg_catalog.format(
-            'update %s l set mapping_version = 0'
-            '  from usersync.sync_errors e, usersync.mapping_state s'
-            ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version <> s.version',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
         execute pg_catalog.format(
             'update %s l set mapping_version = 0'
             '  from usersync.resync_state r, usersync.mapping_state s'
@@ -3152,6 +3147,7 @@ declare
     n bigint;
     covered boolean;
     awaited bigint;
+    current_version bigint;
 begin
     if batch_size is null or batch_size < 1 then
         raise exception using errcode = 'US006', message = pg_catalog.format('invalid batch size %s', batch_size),
@@ -3160,12 +3156,14 @@ begin
     -- A call that will start a run waits first (usersync._await_writers), holding no lock of the
     -- engine's: a transaction it waits for may want one (to change the mapping, to run a batch).
     -- A run on the mapping a finished run already waited for needs no wait.
+    current_version := (select s.version from usersync.mapping_state s where s.pair = a.pair);
     select * into st from usersync.resync_state x where x.pair = a.pair;
-    if not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+    if not found or st.mapping_version <> current_version then
         perform usersync._await_writers(a);
-        awaited := (select s.version from usersync.mapping_state s where s.pair = a.pair);
+        awaited := current_version;
     end if;
     lock table usersync.config_lock in share mode;
+    current_version := (select s.version from usersync.mapping_state s where s.pair = a.pair);  -- (now it holds)
     -- One run at a time per pair: the state row is the run's lock as well as its cursor.
     select * into st from usersync.resync_state x where x.pair = a.pair for update;
     if found and st.finished_at is null and st.owner_pid is distinct from pg_catalog.pg_backend_pid()
@@ -3179,16 +3177,14 @@ begin
     end if;
     -- A finished run, or none: start one. A run whose mapping changed between two batches starts
     -- over too, or its earlier batches would stay on the old mapping when it reports finished.
-    if not found or st.finished_at is not null
-       or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair) then
+    if not found or st.finished_at is not null or st.mapping_version <> current_version then
         -- (the mapping changed since the wait above, or another run finished on an older one)
-        if awaited is distinct from (select s.version from usersync.mapping_state s where s.pair = a.pair)
-           and (not found or st.mapping_version <> (select s.version from usersync.mapping_state s where s.pair = a.pair)) then
+        if awaited is distinct from current_version and (not found or st.mapping_version <> current_version) then
             perform usersync._await_writers(a);
         end if;
         execute pg_catalog.format('select count(*) from %s l where l.active', links) into n;
         insert into usersync.resync_state as x (pair, started_at, mapping_version, after_user_id, total, owner_pid)
-        values (a.pair, pg_catalog.now(), (select s.version from usersync.mapping_state s where s.pair = a.pair),
+        values (a.pair, pg_catalog.now(), current_version,
                 null, n, pg_catalog.pg_backend_pid())
         on conflict (pair) do update
            set started_at = excluded.started_at, finished_at = null, mapping_version = excluded.mapping_version,
