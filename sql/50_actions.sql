@@ -71,6 +71,22 @@ begin
 end
 $$;
 
+-- Keys passed in their own type, as text in one format whatever the caller's settings, which the
+-- key type's input function reads back exactly (with extra_float_digits = -3 a float8 key would
+-- be rounded, to another user's key where one is there). Keys passed as text are the caller's
+-- literals, read under the caller's settings as any literal is.
+create or replace function usersync._keys_as_text(p_ids anycompatiblearray)
+returns text[]
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+set datestyle = 'ISO, YMD' set intervalstyle = 'postgres' set timezone = 'UTC' set extra_float_digits = 1
+set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xmlbinary = 'base64'
+set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
+as $$
+    select p_ids::pg_catalog.text[]
+$$;
+
 create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
 returns bigint
 language plpgsql
@@ -83,7 +99,7 @@ declare
 begin
     -- (checked before the cast below runs)
     perform usersync._check_key_type(elem);
-    return usersync._sync_users(sync_users.pair, user_ids::pg_catalog.text[]);
+    return usersync._sync_users(sync_users.pair, usersync._keys_as_text(user_ids));
 end
 $$;
 comment on function usersync.sync_users(anycompatiblearray, text) is
@@ -378,7 +394,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform usersync._check_key_type(pg_catalog.pg_typeof(user_id));  -- (see usersync.sync_users)
-    perform usersync._set_sync_source(set_sync_source.pair, user_id::pg_catalog.text, set_sync_source.source);
+    perform usersync._set_sync_source(set_sync_source.pair, (usersync._keys_as_text(array[user_id]))[1],
+                                      set_sync_source.source);
 end
 $$;
 comment on function usersync.set_sync_source(anycompatible, text, text) is

@@ -233,6 +233,24 @@ def test_every_function_that_converts_pins_the_same_settings(conn, admin_conn):
     assert len({tuple(c for c in config if not c.startswith("enable_")) for _, config in configs}) == 1, configs
 
 
+def test_a_key_passed_in_its_own_type_is_the_same_key_whatever_the_callers_settings(conn, admin_conn):
+    # With extra_float_digits = -3, 0.1 + 0.2 prints as 0.3: read back from that text, the key
+    # would be another user's. Both actions that take keys in their own type get the right user.
+    conn.execute("create table fu (id float8 primary key, first_name text)")
+    conn.execute("create table fc (id bigint generated always as identity primary key, first_name text)")
+    conn.execute("select usersync.attach('fu', 'fc', pair => 'f')")
+    conn.execute("insert into fu values (0.3, 'near'), (0.1::float8 + 0.2::float8, 'exact')")
+    conn.execute("set session_replication_role = replica")  # a change the triggers did not see
+    conn.execute("update fu set first_name = 'changed' where first_name = 'exact'")
+    conn.execute("reset session_replication_role")
+    admin_conn.execute("set extra_float_digits = -3")
+    admin_conn.execute("select usersync.sync_users(array[0.1::float8 + 0.2::float8], 'f')")
+    assert conn.execute("select first_name from fc order by first_name").fetchall() == [("changed",), ("near",)]
+    admin_conn.execute("select usersync.set_sync_source(0.1::float8 + 0.2::float8, 'contact', 'f')")
+    assert conn.execute("select u.first_name from usersync.links l join fu u on u.id = l.user_id::float8"
+                        " where l.pair = 'f' and l.source = 'contact'").fetchall() == [("changed",)]
+
+
 # --- 7. The configuration lock --------------------------------------------------------------
 
 def test_no_unprivileged_role_can_hold_the_configuration_lock(app_conn, admin_conn, conn, pair, pg_server, dbname):

@@ -2,6 +2,8 @@
 third of a batch's time and WAL). A link is up to date when stamped with the current mapping
 version, or when a resync run on that version went past it (mapping_state.covered_version for a
 finished run, the cursor for the run in progress) and did not mark it failed (mapping_version 0).
+Also: keys given to sync_users and set_sync_source in their own type are read back exactly
+whatever the caller's settings (usersync._keys_as_text).
 
 Revision ID: 0007
 Revises: 0006
@@ -17,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "bd0a993946b7c37a37b523c5703e4e8783818131ab246b01ad1362addc606b37"
+SHA256 = "dc09106d165d1b15b1ffc5268d3878c8b4692061145bfe324dfa653d19325aea"
 
 
 def upgrade() -> None:
@@ -56,5 +58,6 @@ def downgrade() -> None:
         drop function usersync._resync_cursor(text, text, anyelement);
         drop function usersync._await_writers(usersync.attachments);
         drop function usersync._lock_generation(integer);
+        drop function usersync._keys_as_text(anycompatiblearray);
         alter table usersync.mapping_state drop column covered_version;
     """)
