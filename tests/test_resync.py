@@ -55,6 +55,26 @@ def test_a_pair_that_fails_is_recorded_and_does_not_stop_the_run(conn, admin_con
     assert one(conn, "select count(*) from usersync.sync_errors") == 0
 
 
+def test_a_failed_pair_is_over_when_its_user_is_fixed_or_deleted_in_any_time_zone(conn, admin_conn):
+    # The run records a failure under the key as text in UTC (a timestamptz key); the user's own
+    # fix syncs the pair and clears it, from a session in another time zone, as a delete does.
+    conn.execute("create table tu (id timestamptz primary key, academic_title text,"
+                 " sync boolean not null default true)")
+    conn.execute("create table tc (id bigint generated always as identity primary key, short_title varchar(3))")
+    conn.execute("select usersync.attach('tu', 'tc', 'sync', pair => 'times')")
+    conn.execute("insert into tu values ('2020-01-01 10:00+00', 'Professor'), ('2020-01-02 10:00+00', 'Professor'),"
+                 " ('2020-01-03 10:00+00', 'Dr')")
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title', 'times')")
+    admin_conn.execute("call usersync.resync_all(10, 'times')")
+    assert one(conn, "select failed from usersync.resync_state where pair = 'times'") == 2
+    conn.execute("set timezone = 'Pacific/Kiritimati'")
+    conn.execute("update tu set academic_title = 'Pr' where id = '2020-01-01 10:00+00'")
+    conn.execute("delete from tu where id = '2020-01-02 10:00+00'")
+    assert one(conn, "select count(*) from usersync.sync_errors where pair = 'times'") == 0
+    assert conn.execute("select short_title from tc order by short_title").fetchall() == [("Dr",), ("Pr",), (None,)]
+    assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts where pair = 'times'")
+
+
 LINK_VERSIONS = "select json_agg(json_build_array(l.user_id, l.xmin::text) order by l.user_id) from usersync.links_1 l"
 
 

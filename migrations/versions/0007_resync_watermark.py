@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "dc09106d165d1b15b1ffc5268d3878c8b4692061145bfe324dfa653d19325aea"
+SHA256 = "56137e931aa863eaa575c9a64d576a50af3295f160b84cc6c79a0397088b3e31"
 
 
 def upgrade() -> None:

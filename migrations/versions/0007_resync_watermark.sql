@@ -2249,7 +2249,7 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(p_user_ids::pg_catalog.text[]);
+    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(p_user_ids));
 end
 $body$;
 $tpl$),
@@ -2607,13 +2607,18 @@ begin
                 perform usersync._lost_write(@C_REL@, 'keep', written, 0);
             end if;
         end if;
-        -- Pairs that were stale and whose contact was just rewritten are now up to date.
+        -- Pairs that were stale and whose contact was just rewritten are now up to date, and a
+        -- resync's failure of one of them is over (status no longer counts it failed).
         if any_stale then
             /*dual*/
-            update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
-              from new_rows n join old_rows o on o.@UK@ = n.@UK@
-             where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
-               and n.@SW@ and @U_CHANGED@;
+            with stamped as (
+                update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
+                  from new_rows n join old_rows o on o.@UK@ = n.@UK@
+                 where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
+                   and n.@SW@ and @U_CHANGED@
+                returning l.user_id)
+            delete from usersync.sync_errors e
+             where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select s.user_id from stamped s)));
             /*end*/
         end if;
     end if;
@@ -2699,7 +2704,8 @@ begin
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
     /*dual*/
-    delete from usersync.sync_errors e using old_rows o where e.pair = @PAIR@ and e.user_id = o.@UK@::pg_catalog.text;
+    delete from usersync.sync_errors e
+     where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select o.@UK@ from old_rows o)));
     /*end*/
     return null;
 end
@@ -2857,7 +2863,7 @@ begin
         return null;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = l.user_id::pg_catalog.text;
+    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array[l.user_id]));
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
     if l.active and l.source = 'contact' then
