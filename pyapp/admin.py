@@ -334,21 +334,24 @@ def sync_errors(conn: psycopg.Connection, limit: int = 20, *, pair: str | None =
 def status(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any]:
     """One pair: its tables; its synchronized contacts (``pairs``: pairs of rows), of which
     ``up_to_date``, ``stale`` (synced before the mapping last changed: a resync brings them up to
-    date) and ``failed`` (in sync_errors: the last resync could not write them, and fails again
-    until the value or the mapping is fixed; the first ones in ``failures``) add up to ``pairs``;
+    date) and ``failed`` (marked by the last resync, which could not write them, until something
+    syncs them; the first ones in ``failures``, from sync_errors) add up to ``pairs``;
     ``reversed``; its delete toggles; its last resync run (``last_resync``, with ``state``:
     finished, running or interrupted); what ``doctor`` finds wrong (``problems``; None, with the
     reason in ``problems_unchecked``, when the check could not run, as on a read-only standby);
     the server."""
     info = pair_info(conn, pair)
     params = {"pair": info["pair"]}
+    # A pair a run failed is marked on its link (mapping_version 0) until something syncs it; the
+    # two views print keys alike, under this session's settings (sync_errors holds them as the run
+    # wrote them: a timestamptz key in UTC).
     counts = _one(conn, """select count(*) as pairs,
-                                  count(*) filter (where c.up_to_date and e.user_id is null) as up_to_date,
-                                  count(*) filter (where not c.up_to_date and e.user_id is null) as stale,
-                                  count(*) filter (where e.user_id is not null) as failed,
+                                  count(*) filter (where c.up_to_date) as up_to_date,
+                                  count(*) filter (where not c.up_to_date and l.mapping_version <> 0) as stale,
+                                  count(*) filter (where l.mapping_version = 0) as failed,
                                   count(*) filter (where c.source = 'contact') as reversed
                              from usersync.synchronized_contacts c
-                             left join usersync.sync_errors e on e.pair = c.pair and e.user_id = c.user_id
+                             join usersync.links l on l.pair = c.pair and l.user_id = c.user_id and l.active
                             where c.pair = %(pair)s""", params)
     problems, unchecked = _doctor_for_status(conn, info["pair"])
     return {"pair": info["pair"], "users": info["users"], "contacts": info["contacts"], **counts,

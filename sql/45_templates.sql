@@ -172,7 +172,13 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(p_user_ids));
+    -- (keys as resync_step wrote them, whatever this session's settings; converted only where a
+    -- row can be there, and once: a function in a scan's filter would run for every row)
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@
+           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_user_ids)) k(k));
+    end if;
 end
 $body$;
 $tpl$),
@@ -541,7 +547,9 @@ begin
                    and n.@SW@ and @U_CHANGED@
                 returning l.user_id)
             delete from usersync.sync_errors e
-             where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select s.user_id from stamped s)));
+             where e.pair = @PAIR@
+               and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
+                                     array(select s.user_id from stamped s))) k(k));
             /*end*/
         end if;
     end if;
@@ -626,10 +634,14 @@ begin
     /*dual*/
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
-    /*dual*/
-    delete from usersync.sync_errors e
-     where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select o.@UK@ from old_rows o)));
-    /*end*/
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        /*dual*/
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@
+           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
+                                 array(select o.@UK@ from old_rows o))) k(k));
+        /*end*/
+    end if;
     return null;
 end
 $body$;
@@ -786,7 +798,8 @@ begin
         return null;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array[l.user_id]));
+    delete from usersync.sync_errors e
+     where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
     if l.active and l.source = 'contact' then

@@ -71,10 +71,8 @@ begin
 end
 $$;
 
--- Keys passed in their own type, as text in one format whatever the caller's settings, which the
--- key type's input function reads back exactly (with extra_float_digits = -3 a float8 key would
--- be rounded, to another user's key where one is there). Keys passed as text are the caller's
--- literals, read under the caller's settings as any literal is.
+-- Keys as text the way resync_step writes them into sync_errors (under its pinned settings), so
+-- that a deletion from sync_errors finds the row whatever the settings of the session deleting.
 create or replace function usersync._keys_as_text(p_ids anycompatiblearray)
 returns text[]
 language sql
@@ -87,11 +85,16 @@ as $$
     select p_ids::pg_catalog.text[]
 $$;
 
+-- Keys given in their own type become text and are read back in the key's type, both under the
+-- caller's settings (a key given as text is the caller's literal, read as any literal is), but
+-- with digits enough for every float: with extra_float_digits = -3, 0.1 + 0.2 would print as 0.3,
+-- the key of another user where there is one.
 create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
 returns bigint
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set extra_float_digits = 1
 as $$
 declare
     elem pg_catalog.regtype := (select t.typelem from pg_catalog.pg_type t
@@ -99,7 +102,7 @@ declare
 begin
     -- (checked before the cast below runs)
     perform usersync._check_key_type(elem);
-    return usersync._sync_users(sync_users.pair, usersync._keys_as_text(user_ids));
+    return usersync._sync_users(sync_users.pair, user_ids::pg_catalog.text[]);
 end
 $$;
 comment on function usersync.sync_users(anycompatiblearray, text) is
@@ -391,11 +394,11 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set extra_float_digits = 1  -- (see usersync.sync_users)
 as $$
 begin
     perform usersync._check_key_type(pg_catalog.pg_typeof(user_id));  -- (see usersync.sync_users)
-    perform usersync._set_sync_source(set_sync_source.pair, (usersync._keys_as_text(array[user_id]))[1],
-                                      set_sync_source.source);
+    perform usersync._set_sync_source(set_sync_source.pair, user_id::pg_catalog.text, set_sync_source.source);
 end
 $$;
 comment on function usersync.set_sync_source(anycompatible, text, text) is

@@ -6,6 +6,8 @@ import psycopg
 import pytest
 from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlstate
 
+from pyapp import admin
+
 
 @pytest.fixture
 def users(conn) -> list[int]:
@@ -68,6 +70,8 @@ def test_a_failed_pair_is_over_when_its_user_is_fixed_or_deleted_in_any_time_zon
     admin_conn.execute("call usersync.resync_all(10, 'times')")
     assert one(conn, "select failed from usersync.resync_state where pair = 'times'") == 2
     conn.execute("set timezone = 'Pacific/Kiritimati'")
+    counts = admin.status(conn, "times")
+    assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (2, 0, 1)
     conn.execute("update tu set academic_title = 'Pr' where id = '2020-01-01 10:00+00'")
     conn.execute("delete from tu where id = '2020-01-02 10:00+00'")
     assert one(conn, "select count(*) from usersync.sync_errors where pair = 'times'") == 0

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "56137e931aa863eaa575c9a64d576a50af3295f160b84cc6c79a0397088b3e31"
+SHA256 = "ea145b10ab6e5978cc7c374b96e1faf7dcfc61d9d3a49e69421cdec71ae18769"
 
 
 def upgrade() -> None:

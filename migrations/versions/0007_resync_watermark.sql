@@ -2249,7 +2249,13 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(p_user_ids));
+    -- (keys as resync_step wrote them, whatever this session's settings; converted only where a
+    -- row can be there, and once: a function in a scan's filter would run for every row)
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@
+           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_user_ids)) k(k));
+    end if;
 end
 $body$;
 $tpl$),
@@ -2618,7 +2624,9 @@ begin
                    and n.@SW@ and @U_CHANGED@
                 returning l.user_id)
             delete from usersync.sync_errors e
-             where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select s.user_id from stamped s)));
+             where e.pair = @PAIR@
+               and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
+                                     array(select s.user_id from stamped s))) k(k));
             /*end*/
         end if;
     end if;
@@ -2703,10 +2711,14 @@ begin
     /*dual*/
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
-    /*dual*/
-    delete from usersync.sync_errors e
-     where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array(select o.@UK@ from old_rows o)));
-    /*end*/
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        /*dual*/
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@
+           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
+                                 array(select o.@UK@ from old_rows o))) k(k));
+        /*end*/
+    end if;
     return null;
 end
 $body$;
@@ -2863,7 +2875,8 @@ begin
         return null;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    delete from usersync.sync_errors e where e.pair = @PAIR@ and e.user_id = any(usersync._keys_as_text(array[l.user_id]));
+    delete from usersync.sync_errors e
+     where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
     if l.active and l.source = 'contact' then
@@ -2989,10 +3002,8 @@ begin
 end
 $$;
 
--- Keys passed in their own type, as text in one format whatever the caller's settings, which the
--- key type's input function reads back exactly (with extra_float_digits = -3 a float8 key would
--- be rounded, to another user's key where one is there). Keys passed as text are the caller's
--- literals, read under the caller's settings as any literal is.
+-- Keys as text the way resync_step writes them into sync_errors (under its pinned settings), so
+-- that a deletion from sync_errors finds the row whatever the settings of the session deleting.
 create or replace function usersync._keys_as_text(p_ids anycompatiblearray)
 returns text[]
 language sql
@@ -3005,11 +3016,16 @@ as $$
     select p_ids::pg_catalog.text[]
 $$;
 
+-- Keys given in their own type become text and are read back in the key's type, both under the
+-- caller's settings (a key given as text is the caller's literal, read as any literal is), but
+-- with digits enough for every float: with extra_float_digits = -3, 0.1 + 0.2 would print as 0.3,
+-- the key of another user where there is one.
 create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
 returns bigint
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set extra_float_digits = 1
 as $$
 declare
     elem pg_catalog.regtype := (select t.typelem from pg_catalog.pg_type t
@@ -3017,7 +3033,7 @@ declare
 begin
     -- (checked before the cast below runs)
     perform usersync._check_key_type(elem);
-    return usersync._sync_users(sync_users.pair, usersync._keys_as_text(user_ids));
+    return usersync._sync_users(sync_users.pair, user_ids::pg_catalog.text[]);
 end
 $$;
 comment on function usersync.sync_users(anycompatiblearray, text) is
@@ -3309,11 +3325,11 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set extra_float_digits = 1  -- (see usersync.sync_users)
 as $$
 begin
     perform usersync._check_key_type(pg_catalog.pg_typeof(user_id));  -- (see usersync.sync_users)
-    perform usersync._set_sync_source(set_sync_source.pair, (usersync._keys_as_text(array[user_id]))[1],
-                                      set_sync_source.source);
+    perform usersync._set_sync_source(set_sync_source.pair, user_id::pg_catalog.text, set_sync_source.source);
 end
 $$;
 comment on function usersync.set_sync_source(anycompatible, text, text) is
