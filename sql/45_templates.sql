@@ -798,8 +798,10 @@ begin
         return null;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    delete from usersync.sync_errors e
-     where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+    end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
     if l.active and l.source = 'contact' then

@@ -251,6 +251,19 @@ def test_a_key_passed_in_its_own_type_is_the_same_key_whatever_the_callers_setti
                         " where l.pair = 'f' and l.source = 'contact'").fetchall() == [("changed",)]
 
 
+def test_a_timestamptz_key_is_the_same_key_whatever_the_callers_date_style_and_time_zone(conn, admin_conn):
+    # DateStyle Postgres in India prints a time as "... IST", which the default abbreviations
+    # read back as Israel's: the key would be another, or no user's.
+    conn.execute("create table tzu (id timestamptz primary key, first_name text)")
+    conn.execute("create table tzc (id bigint generated always as identity primary key, first_name text)")
+    conn.execute("select usersync.attach('tzu', 'tzc', pair => 'tz')")
+    conn.execute("insert into tzu values ('2001-02-03 04:05:06+00', 'one')")
+    _session(admin_conn, {"datestyle": "Postgres, MDY", "timezone": "Asia/Kolkata"})
+    admin_conn.execute("select usersync.set_sync_source('2001-02-03 04:05:06+00'::timestamptz, 'contact', 'tz')")
+    assert one(conn, "select count(*) from usersync.links where pair = 'tz' and source = 'contact'") == 1
+    assert one(admin_conn, "select usersync.sync_users(array['2001-02-03 04:05:06+00'::timestamptz], 'tz')") == 1
+
+
 # --- 7. The configuration lock --------------------------------------------------------------
 
 def test_no_unprivileged_role_can_hold_the_configuration_lock(app_conn, admin_conn, conn, pair, pg_server, dbname):

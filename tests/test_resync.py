@@ -79,6 +79,23 @@ def test_a_failed_pair_is_over_when_its_user_is_fixed_or_deleted_in_any_time_zon
     assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts where pair = 'times'")
 
 
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_pair_failed_after_a_clean_run_is_over_when_its_user_fixes_the_value(conn, admin_conn, users):
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+    admin_conn.execute("call usersync.resync_all(10)")  # clean: every pair is synced to the mapping
+    conn.execute("set session_replication_role = replica")  # a value the triggers did not see
+    conn.execute("update users set academic_title = 'Professor' where id = %s", [users[2]])
+    conn.execute("reset session_replication_role")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert admin.status(conn)["failed"] == 1
+    conn.execute("update users set academic_title = 'Pr' where id = %s", [users[2]])
+    counts = admin.status(conn)
+    assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (0, 0, 25)
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0
+    assert contact(conn, contact_id(conn, users[2]))["short_title"] == "Pr"
+
+
 LINK_VERSIONS = "select json_agg(json_build_array(l.user_id, l.xmin::text) order by l.user_id) from usersync.links_1 l"
 
 

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "ea145b10ab6e5978cc7c374b96e1faf7dcfc61d9d3a49e69421cdec71ae18769"
+SHA256 = "15cfb2498ab62c6c777daf03832143fd5eb4282a614b7cf1ba3b1890d7b29939"
 
 
 def upgrade() -> None:
@@ -58,6 +58,7 @@ def downgrade() -> None:
         drop function usersync._resync_cursor(text, text, anyelement);
         drop function usersync._await_writers(usersync.attachments);
         drop function usersync._lock_generation(integer);
+        drop function usersync._keys_in_one_format(anycompatiblearray);
         drop function usersync._keys_as_text(anycompatiblearray);
         alter table usersync.mapping_state drop column covered_version;
     """)

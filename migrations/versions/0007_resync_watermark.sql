@@ -2875,8 +2875,10 @@ begin
         return null;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    delete from usersync.sync_errors e
-     where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        delete from usersync.sync_errors e
+         where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+    end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
     if l.active and l.source = 'contact' then
@@ -3002,8 +3004,10 @@ begin
 end
 $$;
 
--- Keys as text the way resync_step writes them into sync_errors (under its pinned settings), so
--- that a deletion from sync_errors finds the row whatever the settings of the session deleting.
+-- Keys as text in one format whatever the caller's settings: ISO dates, times in UTC with their
+-- offset, floats with all their digits (resync_step writes sync_errors under the same settings).
+-- Read back by the key type's input under any DateStyle, TimeZone or IntervalStyle, they are the
+-- same keys; only money's text depends on lc_monetary on the way in too (see usersync.sync_users).
 create or replace function usersync._keys_as_text(p_ids anycompatiblearray)
 returns text[]
 language sql
@@ -3016,16 +3020,28 @@ as $$
     select p_ids::pg_catalog.text[]
 $$;
 
--- Keys given in their own type become text and are read back in the key's type, both under the
--- caller's settings (a key given as text is the caller's literal, read as any literal is), but
--- with digits enough for every float: with extra_float_digits = -3, 0.1 + 0.2 would print as 0.3,
--- the key of another user where there is one.
+-- Keys given in their own type become text in one format (usersync._keys_as_text) and are read
+-- back in the key's type: the same keys whatever the caller's settings. Printed under them, a
+-- float8 key under extra_float_digits = -3 would round to a neighbour's, and a timestamptz under
+-- DateStyle Postgres in India would print as IST, read back as Israel's. Keys given as text are
+-- the caller's literals, read under the caller's settings as any literal is; so is money, whose
+-- text both ways follows lc_monetary.
+create or replace function usersync._keys_in_one_format(p_ids anycompatiblearray)
+returns text[]
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when pg_catalog.pg_typeof(p_ids) = 'pg_catalog.money[]'::pg_catalog.regtype
+                then p_ids::pg_catalog.text[]
+                else usersync._keys_as_text(p_ids) end
+$$;
+
 create or replace function usersync.sync_users(user_ids anycompatiblearray, pair text default null)
 returns bigint
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
-set extra_float_digits = 1
 as $$
 declare
     elem pg_catalog.regtype := (select t.typelem from pg_catalog.pg_type t
@@ -3033,7 +3049,7 @@ declare
 begin
     -- (checked before the cast below runs)
     perform usersync._check_key_type(elem);
-    return usersync._sync_users(sync_users.pair, user_ids::pg_catalog.text[]);
+    return usersync._sync_users(sync_users.pair, usersync._keys_in_one_format(user_ids));
 end
 $$;
 comment on function usersync.sync_users(anycompatiblearray, text) is
@@ -3289,6 +3305,13 @@ begin
                 bad := bad + 1;
             end;
         end loop;
+        -- A pair of the mapping may now be stale: the triggers' set-based path then stamps it and
+        -- clears its failure when its user's write syncs it (an earlier clean run left synced_version
+        -- at the mapping's version, and the path that trusts it does neither).
+        if bad > 0 then
+            update usersync.mapping_state s set synced_version = least(s.synced_version, st.mapping_version - 1)
+             where s.pair = a.pair;
+        end if;
     end;
 
     update usersync.resync_state x
@@ -3325,11 +3348,11 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
-set extra_float_digits = 1  -- (see usersync.sync_users)
 as $$
 begin
     perform usersync._check_key_type(pg_catalog.pg_typeof(user_id));  -- (see usersync.sync_users)
-    perform usersync._set_sync_source(set_sync_source.pair, user_id::pg_catalog.text, set_sync_source.source);
+    perform usersync._set_sync_source(set_sync_source.pair, (usersync._keys_in_one_format(array[user_id]))[1],
+                                      set_sync_source.source);
 end
 $$;
 comment on function usersync.set_sync_source(anycompatible, text, text) is
