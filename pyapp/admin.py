@@ -342,21 +342,18 @@ def status(conn: psycopg.Connection, pair: str | None = None) -> dict[str, Any]:
     the server."""
     info = pair_info(conn, pair)
     params = {"pair": info["pair"]}
-    # A pair a run failed is marked on its link (mapping_version 0) until something syncs it; the
-    # two views print keys alike, under this session's settings, where sync_errors holds them as
-    # the run wrote them (a timestamptz key in UTC). A failure recorded before 0007 has no mark.
+    # A pair a run failed is marked on its link (mapping_version 0) until something syncs it (the
+    # upgrade to 0007 marked those failed before). The two views print keys alike, under this
+    # session's settings; sync_errors holds them as the run wrote them (a timestamptz key in UTC).
     counts = _one(conn, """select count(*) as pairs,
                                   count(*) filter (where c.up_to_date) as up_to_date,
-                                  count(*) filter (where not c.up_to_date and f.user_id is null
-                                                   and e.user_id is null) as stale,
-                                  count(*) filter (where not c.up_to_date and (f.user_id is not null
-                                                   or e.user_id is not null)) as failed,
+                                  count(*) filter (where not c.up_to_date and f.user_id is null) as stale,
+                                  count(*) filter (where f.user_id is not null) as failed,
                                   count(*) filter (where c.source = 'contact') as reversed
                              from usersync.synchronized_contacts c
                              left join (select l.pair, l.user_id from usersync.links l
                                          where l.active and l.mapping_version = 0) f
                                     on f.pair = c.pair and f.user_id = c.user_id
-                             left join usersync.sync_errors e on e.pair = c.pair and e.user_id = c.user_id
                             where c.pair = %(pair)s""", params)
     problems, unchecked = _doctor_for_status(conn, info["pair"])
     return {"pair": info["pair"], "users": info["users"], "contacts": info["contacts"], **counts,

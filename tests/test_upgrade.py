@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from helpers import contact, mismatches, one, raises_sqlstate
 
-from pyapp import examples, migrate
+from pyapp import admin, examples, migrate
 from pyapp.config import Database
 from schema_snapshot import snapshot
 
@@ -180,3 +180,24 @@ def test_upgrading_0006_during_a_run_keeps_the_pairs_it_failed_or_did_not_see_st
         stale = conn.execute("select user_id::bigint from usersync.synchronized_contacts where not up_to_date"
                              " order by 1").fetchall()
         assert stale == [(2,), (3,), (5,), (6,)]
+
+
+def test_upgrading_0006_after_a_run_with_failures_marks_them_and_drops_those_synced_since(
+        new_database: Callable[[], Database]):
+    db = new_database()
+    migrate.upgrade(db, "0006")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        examples.create_and_attach(conn)
+        conn.execute("alter table contacts add column short_title varchar(3)")
+        conn.execute("insert into users (login, academic_title, sync_to_contact)"
+                     " select 'u' || g, case when g in (2, 4) then 'Professor' else 'Dr' end, true"
+                     " from generate_series(1, 6) g")
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+        conn.execute("call usersync.resync_all()")  # finished, two pairs failed
+        conn.execute("update users set academic_title = 'Pr' where id = 4")  # synced since: 0006 kept its row
+        assert one(conn, "select count(*) from usersync.sync_errors") == 2
+    migrate.upgrade(db)
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        assert one(conn, "select array_agg(user_id order by user_id) from usersync.sync_errors") == ["2"]
+        counts = admin.status(conn)
+        assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (1, 0, 5)

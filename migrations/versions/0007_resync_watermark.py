@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "15cfb2498ab62c6c777daf03832143fd5eb4282a614b7cf1ba3b1890d7b29939"
+SHA256 = "bb27c99d5f25a70f3a4a3b5c6a564066fa5bbf84348de734eecc3dd9de72ce66"
 
 
 def upgrade() -> None:

@@ -6,8 +6,13 @@
 -- A link that a run in progress on the current mapping went past without stamping gets the
 -- failure mark 0, or it would count as gone past: 0006 stamped each pair it synced, so it is a
 -- pair the run failed (in sync_errors) or did not see (a link a transaction still open under the
--- mapping before made), and it stays stale, as in 0006. No other link needs it: with
--- covered_version 0, no finished run covers anything yet.
+-- mapping before made), and it stays stale, as in 0006. No other link needs it for its
+-- up_to_date: with covered_version 0, no finished run covers anything yet.
+-- A pair in sync_errors gets the mark too, as a failing run now gives it (status counts failed
+-- pairs by it), unless its link was stamped with the mapping since: then it synced after it
+-- failed (0006 left the row behind when its user's write synced it), and the row goes. Keys in
+-- sync_errors are ISO text written under resync_step's pinned settings: read back in the key's
+-- type, they are the same keys under any settings.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
 do $before$
 declare
@@ -22,6 +27,14 @@ begin
             ' where r.pair = %L and s.pair = %L and r.finished_at is null and r.mapping_version = s.version'
             '   and l.active and l.mapping_version <> s.version and l.user_id <= r.after_user_id::%s',
             usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+        execute pg_catalog.format(
+            'delete from usersync.sync_errors e using %s l, usersync.mapping_state s'
+            ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version = s.version',
+            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+        execute pg_catalog.format(
+            'update %s l set mapping_version = 0 from usersync.sync_errors e'
+            ' where e.pair = %L and l.user_id = e.user_id::%s',
+            usersync._links_table(a.id), a.pair, usersync._key_type(a.users, a.user_key));
     end loop;
 end
 $before$;
