@@ -358,9 +358,7 @@ begin
                           '     and (s.covered_version = s.version'
                           '          or coalesce(l.user_id <= (select usersync._resync_cursor(r.after_user_id, %3$L, null::%3$s)'
                           '                                      from usersync.resync_state r'
-                          '                                     where r.pair = %1$L and r.mapping_version ='
-                          '                                           (select m.version from usersync.mapping_state m'
-                          '                                             where m.pair = %1$L)), false))'
+                          '                                     where r.pair = %1$L and r.mapping_version = s.version), false))'
                           '  as up_to_date'
                           ' from %2$s l join usersync.mapping_state s on s.pair = %1$L'
                           ' where l.active',

@@ -172,12 +172,8 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    -- (keys as resync_step wrote them, whatever this session's settings; converted only where a
-    -- row can be there, and once: a function in a scan's filter would run for every row)
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@
-           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_user_ids)) k(k));
+        perform usersync._forget_failures(@PAIR@, p_user_ids);
     end if;
 end
 $body$;
@@ -369,6 +365,7 @@ returns trigger language plpgsql security definer set search_path = pg_catalog, 
 declare
     r record;
     switched_on @UKT@[] := '{}';
+    stamped_ids @UKT@[];
     expected bigint;
     written bigint;
     any_reversed boolean;
@@ -539,18 +536,18 @@ begin
         -- Pairs that were stale and whose contact was just rewritten are now up to date, and a
         -- resync's failure of one of them is over (status no longer counts it failed).
         if any_stale then
-            /*dual*/
+            /*dual into stamped_ids*/
             with stamped as (
                 update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
                   from new_rows n join old_rows o on o.@UK@ = n.@UK@
                  where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
                    and n.@SW@ and @U_CHANGED@
                 returning l.user_id)
-            delete from usersync.sync_errors e
-             where e.pair = @PAIR@
-               and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
-                                     array(select s.user_id from stamped s))) k(k));
+            select pg_catalog.array_agg(s.user_id) into stamped_ids from stamped s;
             /*end*/
+            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+                perform usersync._forget_failures(@PAIR@, stamped_ids);
+            end if;
         end if;
     end if;
     @CATCH@
@@ -635,12 +632,7 @@ begin
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        /*dual*/
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@
-           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
-                                 array(select o.@UK@ from old_rows o))) k(k));
-        /*end*/
+        perform usersync._forget_failures(@PAIR@, array(select o.@UK@ from old_rows o));
     end if;
     return null;
 end
@@ -799,8 +791,7 @@ begin
     end if;
     delete from @LINKS@ where user_id = l.user_id;
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+        perform usersync._forget_failures(@PAIR@, array[l.user_id]);
     end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)

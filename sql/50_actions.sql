@@ -87,6 +87,20 @@ as $$
     select p_ids::pg_catalog.text[]
 $$;
 
+-- A pair's failures (sync_errors) of these users are over: something synced them, or they are
+-- gone. The keys are matched as resync_step wrote them, whatever this session's settings, and
+-- converted once (a function in a scan's filter would run for every row). Callers ask first
+-- whether the pair has any failure at all, which is rare: then nothing is converted.
+create or replace function usersync._forget_failures(p_pair text, p_ids anycompatiblearray)
+returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+    delete from usersync.sync_errors e
+     where e.pair = p_pair
+       and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_ids)) k(k))
+$$;
+
 -- Keys given in their own type become text in one format (usersync._keys_as_text) and are read
 -- back in the key's type: the same keys whatever the caller's settings. Printed under them, a
 -- float8 key under extra_float_digits = -3 would round to a neighbour's, and a timestamptz under

@@ -17,24 +17,27 @@ alter table usersync.mapping_state add column if not exists covered_version bigi
 do $before$
 declare
     a record;
+    links text;
+    ukt text;
 begin
     for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
-        execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
-                                  usersync._key_type(a.users, a.user_key));
+        links := usersync._links_table(a.id);
+        ukt := usersync._key_type(a.users, a.user_key);
+        execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh', ukt);
         execute pg_catalog.format(
             'update %s l set mapping_version = 0'
             '  from usersync.resync_state r, usersync.mapping_state s'
             ' where r.pair = %L and s.pair = %L and r.finished_at is null and r.mapping_version = s.version'
             '   and l.active and l.mapping_version <> s.version and l.user_id <= r.after_user_id::%s',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, a.pair, ukt);
         execute pg_catalog.format(
             'delete from usersync.sync_errors e using %s l, usersync.mapping_state s'
             ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version = s.version',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, a.pair, ukt);
         execute pg_catalog.format(
             'update %s l set mapping_version = 0 from usersync.sync_errors e'
             ' where e.pair = %L and l.user_id = e.user_id::%s',
-            usersync._links_table(a.id), a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, ukt);
     end loop;
 end
 $before$;

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "bb27c99d5f25a70f3a4a3b5c6a564066fa5bbf84348de734eecc3dd9de72ce66"
+SHA256 = "1812c2690a4c4884b53aa01c868c07930e03d1fb4b7bf6567b3b808213287c5b"
 
 
 def upgrade() -> None:
@@ -58,6 +58,7 @@ def downgrade() -> None:
         drop function usersync._resync_cursor(text, text, anyelement);
         drop function usersync._await_writers(usersync.attachments);
         drop function usersync._lock_generation(integer);
+        drop function usersync._forget_failures(text, anycompatiblearray);
         drop function usersync._keys_in_one_format(anycompatiblearray);
         drop function usersync._keys_as_text(anycompatiblearray);
         alter table usersync.mapping_state drop column covered_version;

@@ -17,24 +17,27 @@ alter table usersync.mapping_state add column if not exists covered_version bigi
 do $before$
 declare
     a record;
+    links text;
+    ukt text;
 begin
     for a in select x.id, x.pair, x.users, x.user_key from usersync.attachments x loop
-        execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh',
-                                  usersync._key_type(a.users, a.user_key));
+        links := usersync._links_table(a.id);
+        ukt := usersync._key_type(a.users, a.user_key);
+        execute pg_catalog.format('drop function if exists usersync.%I(%s[])', '_g' || a.id || '_refresh', ukt);
         execute pg_catalog.format(
             'update %s l set mapping_version = 0'
             '  from usersync.resync_state r, usersync.mapping_state s'
             ' where r.pair = %L and s.pair = %L and r.finished_at is null and r.mapping_version = s.version'
             '   and l.active and l.mapping_version <> s.version and l.user_id <= r.after_user_id::%s',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, a.pair, ukt);
         execute pg_catalog.format(
             'delete from usersync.sync_errors e using %s l, usersync.mapping_state s'
             ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version = s.version',
-            usersync._links_table(a.id), a.pair, a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, a.pair, ukt);
         execute pg_catalog.format(
             'update %s l set mapping_version = 0 from usersync.sync_errors e'
             ' where e.pair = %L and l.user_id = e.user_id::%s',
-            usersync._links_table(a.id), a.pair, usersync._key_type(a.users, a.user_key));
+            links, a.pair, ukt);
     end loop;
 end
 $before$;
@@ -743,9 +746,7 @@ begin
                           '     and (s.covered_version = s.version'
                           '          or coalesce(l.user_id <= (select usersync._resync_cursor(r.after_user_id, %3$L, null::%3$s)'
                           '                                      from usersync.resync_state r'
-                          '                                     where r.pair = %1$L and r.mapping_version ='
-                          '                                           (select m.version from usersync.mapping_state m'
-                          '                                             where m.pair = %1$L)), false))'
+                          '                                     where r.pair = %1$L and r.mapping_version = s.version), false))'
                           '  as up_to_date'
                           ' from %2$s l join usersync.mapping_state s on s.pair = %1$L'
                           ' where l.active',
@@ -2262,12 +2263,8 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    -- (keys as resync_step wrote them, whatever this session's settings; converted only where a
-    -- row can be there, and once: a function in a scan's filter would run for every row)
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@
-           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_user_ids)) k(k));
+        perform usersync._forget_failures(@PAIR@, p_user_ids);
     end if;
 end
 $body$;
@@ -2459,6 +2456,7 @@ returns trigger language plpgsql security definer set search_path = pg_catalog, 
 declare
     r record;
     switched_on @UKT@[] := '{}';
+    stamped_ids @UKT@[];
     expected bigint;
     written bigint;
     any_reversed boolean;
@@ -2629,18 +2627,18 @@ begin
         -- Pairs that were stale and whose contact was just rewritten are now up to date, and a
         -- resync's failure of one of them is over (status no longer counts it failed).
         if any_stale then
-            /*dual*/
+            /*dual into stamped_ids*/
             with stamped as (
                 update @LINKS@ l set mapping_version = @V@, synced_at = pg_catalog.now()
                   from new_rows n join old_rows o on o.@UK@ = n.@UK@
                  where l.user_id = n.@UK@ and l.active and l.source = 'user' and l.mapping_version < @V@
                    and n.@SW@ and @U_CHANGED@
                 returning l.user_id)
-            delete from usersync.sync_errors e
-             where e.pair = @PAIR@
-               and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
-                                     array(select s.user_id from stamped s))) k(k));
+            select pg_catalog.array_agg(s.user_id) into stamped_ids from stamped s;
             /*end*/
+            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+                perform usersync._forget_failures(@PAIR@, stamped_ids);
+            end if;
         end if;
     end if;
     @CATCH@
@@ -2725,12 +2723,7 @@ begin
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        /*dual*/
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@
-           and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(
-                                 array(select o.@UK@ from old_rows o))) k(k));
-        /*end*/
+        perform usersync._forget_failures(@PAIR@, array(select o.@UK@ from old_rows o));
     end if;
     return null;
 end
@@ -2889,8 +2882,7 @@ begin
     end if;
     delete from @LINKS@ where user_id = l.user_id;
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        delete from usersync.sync_errors e
-         where e.pair = @PAIR@ and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(array[l.user_id])) k(k));
+        perform usersync._forget_failures(@PAIR@, array[l.user_id]);
     end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
     -- a foreign key's ON DELETE CASCADE.)
@@ -3031,6 +3023,20 @@ set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content' set xml
 set default_text_search_config = 'pg_catalog.simple' set timezone_abbreviations = 'Default' set array_nulls = on
 as $$
     select p_ids::pg_catalog.text[]
+$$;
+
+-- A pair's failures (sync_errors) of these users are over: something synced them, or they are
+-- gone. The keys are matched as resync_step wrote them, whatever this session's settings, and
+-- converted once (a function in a scan's filter would run for every row). Callers ask first
+-- whether the pair has any failure at all, which is rare: then nothing is converted.
+create or replace function usersync._forget_failures(p_pair text, p_ids anycompatiblearray)
+returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+    delete from usersync.sync_errors e
+     where e.pair = p_pair
+       and e.user_id in (select k.k from pg_catalog.unnest(usersync._keys_as_text(p_ids)) k(k))
 $$;
 
 -- Keys given in their own type become text in one format (usersync._keys_as_text) and are read
