@@ -160,17 +160,23 @@ def test_downgrading_to_0006_stamps_the_pairs_a_resync_run_went_past(new_databas
         assert one(conn, "select count(*) from usersync.doctor()") == 0
 
 
+def _0006_with_titles_too_long_for(conn: psycopg.Connection, failing: list[int]) -> None:
+    """Six synced users of the example pair in 0006, and a mapping change whose resync fails for
+    the users in `failing` (a title too long for its contact field)."""
+    examples.create_and_attach(conn)
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    conn.execute("insert into users (login, academic_title, sync_to_contact)"
+                 " select 'u' || g, case when g = any(%s) then 'Professor' else 'Dr' end, true"
+                 " from generate_series(1, 6) g", [failing])
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+
+
 def test_upgrading_0006_during_a_run_keeps_the_pairs_it_failed_or_did_not_see_stale(
         new_database: Callable[[], Database]):
     db = new_database()
     migrate.upgrade(db, "0006")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        examples.create_and_attach(conn)
-        conn.execute("alter table contacts add column short_title varchar(3)")
-        conn.execute("insert into users (login, academic_title, sync_to_contact)"
-                     " select 'u' || g, case when g = 2 then 'Professor' else 'Dr' end, true"
-                     " from generate_series(1, 6) g")
-        conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+        _0006_with_titles_too_long_for(conn, [2])
         assert one(conn, "select batch_failed from usersync.resync_step(4)") == 1  # a run in progress
         # A link the run could not see (made by a transaction still open under the mapping before,
         # which 0006 did not wait for): past the cursor, not stamped, and stale in 0006.
@@ -187,12 +193,7 @@ def test_upgrading_0006_after_a_run_with_failures_marks_them_and_drops_those_syn
     db = new_database()
     migrate.upgrade(db, "0006")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        examples.create_and_attach(conn)
-        conn.execute("alter table contacts add column short_title varchar(3)")
-        conn.execute("insert into users (login, academic_title, sync_to_contact)"
-                     " select 'u' || g, case when g in (2, 4) then 'Professor' else 'Dr' end, true"
-                     " from generate_series(1, 6) g")
-        conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+        _0006_with_titles_too_long_for(conn, [2, 4])
         conn.execute("call usersync.resync_all()")  # finished, two pairs failed
         conn.execute("update users set academic_title = 'Pr' where id = 4")  # synced since: 0006 kept its row
         assert one(conn, "select count(*) from usersync.sync_errors") == 2
