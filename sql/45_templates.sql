@@ -739,6 +739,15 @@ begin
                 perform usersync._lost_write(@U_REL@, 'keep', 1, 0);
             end if;
         end if;
+        -- The user is now the whole image of its contact under the current mapping: a pair that
+        -- was stale, or that a resync run marked failed (0), is synced, and its failure is over
+        -- (as a user's own fix ends a user-sourced pair's, in the update trigger of users).
+        if l.mapping_version < @V@ then
+            update @LINKS@ x set mapping_version = @V@, synced_at = pg_catalog.now() where x.user_id = l.user_id;
+            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+                perform usersync._forget_failures(@PAIR@, array[l.user_id]);
+            end if;
+        end if;
         @CATCH@
             perform usersync._explain_failure(@PAIR@, array[l.user_id::pg_catalog.text]);
             raise;

@@ -96,6 +96,25 @@ def test_a_pair_failed_after_a_clean_run_is_over_when_its_user_fixes_the_value(c
     assert contact(conn, contact_id(conn, users[2]))["short_title"] == "Pr"
 
 
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_reversed_pair_failed_by_a_run_is_over_when_its_contact_fixes_the_value(conn, admin_conn, users):
+    conn.execute("alter table users add column nick varchar(3)")
+    admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [users[4]])
+    cid = contact_id(conn, users[4])
+    conn.execute("update contacts set title = 'Professor' where id = %s", [cid])
+    admin_conn.execute("insert into usersync.field_mapping values ('nick', 'title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select user_id::bigint, field from usersync.sync_errors") == (users[4], "nick -> title")
+    assert admin.status(conn)["failed"] == 1
+    # The contact is this pair's source: its own fix writes the user's whole image, so the pair is
+    # synced to the mapping and its failure is over, as a user's fix ends a user-sourced pair's.
+    conn.execute("update contacts set title = 'Pr' where id = %s", [cid])
+    assert one(conn, "select nick from users where id = %s", [users[4]]) == "Pr"
+    counts = admin.status(conn)
+    assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (0, 0, 25)
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0
+
+
 LINK_VERSIONS = "select json_agg(json_build_array(l.user_id, l.xmin::text) order by l.user_id) from usersync.links_1 l"
 
 

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "1812c2690a4c4884b53aa01c868c07930e03d1fb4b7bf6567b3b808213287c5b"
+SHA256 = "d05ad3fdfc4d25b0b68906ae3b792045418a557167cd40202205c046261efd94"
 
 
 def upgrade() -> None:
