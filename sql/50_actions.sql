@@ -174,6 +174,15 @@ begin
 end
 $$;
 
+-- "pids 1, 2; prepared transactions 'a', 'b'": the writers a run waits for, as a DBA finds them.
+create or replace function usersync._writers_named(p_pids integer[], p_gids text[])
+returns text language sql immutable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.concat_ws('; ',
+               'pids ' || nullif(pg_catalog.array_to_string(p_pids, ', '), ''),
+               'prepared transactions ' || nullif(
+                   (select pg_catalog.string_agg(pg_catalog.quote_literal(g), ', ') from pg_catalog.unnest(p_gids) g), ''))
+$$;
+
 -- Before a resync run starts on a mapping: wait for the transactions still open that wrote the
 -- pair's tables. One of them may have run the code of the mapping before (a trigger runs the
 -- code current when it fires, and takes no lock of the engine's): a link it made, at that
@@ -192,6 +201,7 @@ as $$
 declare
     writers text[];
     pids integer[];
+    gids text[];
     since timestamptz := pg_catalog.clock_timestamp();
     told boolean := false;
 begin
@@ -215,13 +225,22 @@ begin
                                            where d.datname = pg_catalog.current_database())
                         and x.relation in (a.users, a.contacts) and x.mode = 'RowExclusiveLock' and x.granted
                         and x.pid is distinct from pg_catalog.pg_backend_pid());
+    -- A writer is over when no lock is held in its name any more: a session's transaction holds
+    -- its own virtual xid's lock until it ends; a prepared transaction (PREPARE TRANSACTION) has
+    -- no session, and holds its locks, under the same name, until COMMIT or ROLLBACK PREPARED.
     loop
-        pids := array(select x.pid from pg_catalog.pg_locks x
-                       where x.locktype = 'virtualxid' and x.virtualxid = any(writers) and x.granted);
-        exit when pg_catalog.cardinality(pids) = 0;
+        select coalesce(pg_catalog.array_agg(distinct x.pid) filter (where x.pid is not null), '{}'),
+               coalesce(pg_catalog.array_agg(distinct p.gid) filter (where p.gid is not null), '{}')
+          into pids, gids
+          from pg_catalog.pg_locks x
+          left join pg_catalog.pg_prepared_xacts p
+            on x.pid is null and x.locktype = 'transactionid' and p.transaction = x.transactionid
+         where x.virtualtransaction = any(writers) and x.granted;
+        exit when pg_catalog.cardinality(pids) + pg_catalog.cardinality(gids) = 0;
         if not told then
-            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it (pids %)',
-                a.pair, pg_catalog.cardinality(pids), a.users, a.contacts, pg_catalog.array_to_string(pids, ', ');
+            raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it (%)',
+                a.pair, pg_catalog.cardinality(pids) + pg_catalog.cardinality(gids), a.users, a.contacts,
+                usersync._writers_named(pids, gids);
             told := true;
         end if;
         if exists (select from pg_catalog.unnest(pids) w(pid)
@@ -238,9 +257,10 @@ begin
             raise exception using errcode = '55P03',
                 message = pg_catalog.format('a resync run of pair %L waits for transactions that wrote %s or %s '
                                             'before it started', a.pair, a.users, a.contacts),
-                detail = pg_catalog.format('Sessions %s may have synced their rows with the mapping before the current one.',
-                                           pg_catalog.array_to_string(pids, ', ')),
-                hint = 'Let them finish (pg_stat_activity shows them), then run it again.';
+                detail = pg_catalog.format('Transactions of %s may have synced their rows with the mapping before the '
+                                           'current one.', usersync._writers_named(pids, gids)),
+                hint = 'Let them finish (pg_stat_activity shows the sessions, pg_prepared_xacts the prepared '
+                       'transactions), then run it again.';
         end if;
         perform pg_catalog.pg_sleep(0.01);
     end loop;

@@ -158,6 +158,17 @@ def extra_server(settings: dict[str, str]) -> Server | None:
     return _system(versions[-1], settings) if versions else None
 
 
+def install_example(srv: Server) -> str:
+    """A database "app" on a server of extra_server(): usersync installed by its migrations, the
+    example tables attached. Its conninfo."""
+    with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
+        conn.execute("create database app")
+    migrate.upgrade(Database(srv.conninfo("app"), "test on an extra server"))
+    with psycopg.connect(srv.conninfo("app"), autocommit=True) as conn:
+        examples.create_and_attach(conn)
+    return srv.conninfo("app")
+
+
 def _embedded(version: int | None) -> Server:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     datadir = Path(tempfile.mkdtemp(prefix="usersync-test-", dir=base)) / "pgdata"

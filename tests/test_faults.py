@@ -142,3 +142,34 @@ def test_naming_the_culprit_of_a_failed_bulk_insert_takes_no_contact_ids(conn, c
     assert '"code"' in info.value.diag.message_primary
     # The failed statement itself drew one id per new contact; the diagnosis draws none.
     assert one(conn, "select last_value from contacts_id_seq") - before <= 5000
+
+
+def test_a_new_run_waits_for_a_prepared_transaction_that_wrote_under_the_mapping_before():
+    # A prepared transaction (two-phase commit) has no session: it holds its locks until COMMIT
+    # PREPARED. Its new user was synced with the code of the mapping before; a run that did not
+    # wait for it would count that pair as gone past once it commits. (A server of its own:
+    # max_prepared_transactions is 0 by default.)
+    srv = harness.extra_server({"max_prepared_transactions": "2"})
+    if srv is None:
+        pytest.skip("no PostgreSQL binaries of the machine's own to start a server with prepared transactions")
+    assert srv.handle is not None
+    try:
+        conninfo = harness.install_example(srv)
+        with psycopg.connect(conninfo, autocommit=True) as owner, psycopg.connect(conninfo, autocommit=True) as app:
+            owner.execute("insert into users (login, academic_title, sync_to_contact)"
+                          " select 'u' || g, 'T' || g, true from generate_series(1, 20) g")
+            app.execute("begin")
+            app.execute("insert into users (login, academic_title, sync_to_contact) values ('late', 'Dr', true)")
+            app.execute("prepare transaction 'late_user'")
+            owner.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+            owner.execute("set lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="waits for transactions that wrote") as caught:
+                owner.execute("call usersync.resync_all(10)")
+            assert "prepared transactions 'late_user'" in (caught.value.diag.message_detail or "")
+            assert "pg_prepared_xacts" in (caught.value.diag.message_hint or "")
+            owner.execute("commit prepared 'late_user'")
+            owner.execute("call usersync.resync_all(10)")
+            assert one(owner, "select count(*) from usersync.synchronized_contacts where up_to_date") == 21
+            assert mismatches(owner) == []
+    finally:
+        srv.handle.stop()

@@ -17,8 +17,6 @@ import pytest
 from helpers import raises_sqlstate
 
 import harness
-from pyapp import examples, migrate
-from pyapp.config import Database
 
 STATE = """select (select json_agg(json_build_array(id, login, first_name, sync_to_contact) order by id) from users),
                   (select json_agg(json_build_array(id, first_name) order by id) from contacts),
@@ -41,13 +39,10 @@ def servers() -> Iterator[tuple[harness.Server, harness.Server]]:
 
 
 def _install(srv: harness.Server) -> str:
-    with psycopg.connect(srv.conninfo(), autocommit=True) as conn:
-        conn.execute("create database app")
-    migrate.upgrade(Database(srv.conninfo("app"), "replication test"))
-    with psycopg.connect(srv.conninfo("app"), autocommit=True) as conn:
-        examples.create_and_attach(conn)
+    conninfo = harness.install_example(srv)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("update usersync.settings set delete_contact_with_user = true")
-    return srv.conninfo("app")
+    return conninfo
 
 
 def _caught_up(pub: psycopg.Connection, sub: psycopg.Connection) -> object:

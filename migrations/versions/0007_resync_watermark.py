@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "d05ad3fdfc4d25b0b68906ae3b792045418a557167cd40202205c046261efd94"
+SHA256 = "d89175f230a824ff18623110f14761d347aa5ebaff92369d4f770c36b65bdfbd"
 
 
 def upgrade() -> None:
@@ -57,6 +57,7 @@ def downgrade() -> None:
         revoke select on usersync.synchronized_contacts from usersync_engine;
         drop function usersync._resync_cursor(text, text, anyelement);
         drop function usersync._await_writers(usersync.attachments);
+        drop function usersync._writers_named(integer[], text[]);
         drop function usersync._lock_generation(integer);
         drop function usersync._forget_failures(text, anycompatiblearray);
         drop function usersync._keys_in_one_format(anycompatiblearray);
