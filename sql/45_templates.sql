@@ -291,9 +291,17 @@ begin
             perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
         end if;
     end if;
-    delete from @LINKS@ l
-     where (p_user_ids is null or l.user_id = any(p_user_ids))
-       and not exists (select from @U@ u where u.@UK@ = l.user_id);
+    -- (and so is its failure, if a resync recorded one: the delete that bypassed the triggers
+    -- did not end it)
+    with gone as (
+        delete from @LINKS@ l
+         where (p_user_ids is null or l.user_id = any(p_user_ids))
+           and not exists (select from @U@ u where u.@UK@ = l.user_id)
+        returning l.user_id)
+    select pg_catalog.array_agg(g.user_id) into unknown from gone g;
+    if unknown is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        perform usersync._forget_failures(@PAIR@, unknown);
+    end if;
     ids := array(select u.@UK@ from @U@ u
                   where u.@SW@ and (p_user_ids is null or u.@UK@ = any(p_user_ids)) order by u.@UK@);
     if pg_catalog.cardinality(ids) = 0 then

@@ -115,6 +115,22 @@ def test_a_reversed_pair_failed_by_a_run_is_over_when_its_contact_fixes_the_valu
     assert one(conn, "select count(*) from usersync.sync_errors") == 0
 
 
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_sync_users_forgets_the_failure_of_a_user_deleted_behind_the_triggers_back(conn, admin_conn, users):
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    conn.execute("update users set academic_title = 'Professor' where id = %s", [users[7]])
+    admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+    admin_conn.execute("call usersync.resync_all(10)")
+    assert one(conn, "select user_id::bigint from usersync.sync_errors") == users[7]
+    conn.execute("set session_replication_role = replica")
+    conn.execute("delete from users where id = %s", [users[7]])
+    conn.execute("reset session_replication_role")
+    # The repair that forgets the link of a user who is gone forgets that pair's failure too.
+    admin_conn.execute("select usersync.sync_users(null::bigint[])")
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0
+    assert admin.status(conn)["failed"] == 0
+
+
 LINK_VERSIONS = "select json_agg(json_build_array(l.user_id, l.xmin::text) order by l.user_id) from usersync.links_1 l"
 
 

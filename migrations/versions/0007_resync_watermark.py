@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "d89175f230a824ff18623110f14761d347aa5ebaff92369d4f770c36b65bdfbd"
+SHA256 = "cc6e1c2323c095cb772ade828456eee58d882fbdb5e6a1b390859f319526470b"
 
 
 def upgrade() -> None:
