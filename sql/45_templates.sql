@@ -74,15 +74,23 @@ declare
     n bigint;
     expected bigint;
     active_links bigint;
+    any_reversed boolean;
 begin
     @SHAPE_CHECK@
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
-    -- Users are the sources of every pair but the reversed ones (whose contacts are locked below).
+    -- Users are the sources of every pair but the reversed ones, whose contacts are, and are
+    -- locked next: before their links (stamped below), as a contact's own update and
+    -- set_sync_source take a reversed pair's rows (contact, user, link).
     perform from @U@ u
      where u.@UK@ = any(p_user_ids)
        and not exists (select from @LINKS@ l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
      order by u.@UK@ for share;
+    any_reversed := @HAS_MAP@ and exists (select from @LINKS@ l where l.active and l.source = 'contact');
+    if any_reversed then
+        perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
+         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
+    end if;
     -- Driven by the links, restricted by the array; users and contacts are probed by their keys.
     -- (The array on the probed side too would be searched again for every probe: 10,000 probes
     -- of a 10,000-key array, seconds a batch.)
@@ -97,8 +105,8 @@ begin
     -- once (the stamp's RETURNING drives the contacts' update) and counting what the checks below
     -- need: no second walk of the array for the stamp, none for the count. A stamped pair whose
     -- contact (or, with row-level security on users, user) cannot be seen fails the batch below
-    -- (US007), which rolls the stamp back. Lock order: the users above, then each pair's link and
-    -- contact (a reversed pair's link, then its contact and user below, as set_sync_source does).
+    -- (US007), which rolls the stamp back. Lock order: the sources above, then each pair's link
+    -- and target (a reversed pair's user below).
     -- A resync batch (p_stamp false) reads the links instead of stamping them: the users' lock
     -- above already orders it with every write of these pairs, and the run's cursor, not a stamp
     -- per link, says which pairs it went past (resync_step). It stamps only a link an earlier run
@@ -136,9 +144,7 @@ begin
             perform usersync._lost_write(@C_REL@, 'keep', n, 0);
         end if;
     end if;
-    if @HAS_MAP@ and exists (select from @LINKS@ l where l.active and l.source = 'contact') then
-        perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
-         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
+    if any_reversed then
         if @GUARDED_U@ then
             select count(*) into expected
               from @U@ u, @C@ c join @LINKS@ l on l.contact_id = c.@CK@
@@ -188,7 +194,12 @@ declare
     r record;
 begin
     @SHAPE_CHECK@
-    perform from @U@ u where u.@UK@ = any(p_user_ids) order by u.@UK@ for share;
+    -- The users that are their pairs' sources (refresh, called below, locks the reversed pairs'
+    -- contacts before their users: a user locked here first could deadlock with its contact's edit).
+    perform from @U@ u
+     where u.@UK@ = any(p_user_ids)
+       and not exists (select from @LINKS@ l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
+     order by u.@UK@ for share;
     -- A link whose contact is gone cannot be re-used: forget it, a new contact is made below.
     -- Unless row-level security may only be hiding it: a new contact would then be a duplicate
     -- (not with a shared key: the new contact would take the hidden one's key, and fail).
@@ -264,6 +275,7 @@ create or replace function usersync.@G@sync_users(p_user_ids @UKT@[])
 returns bigint language plpgsql security definer set search_path = pg_catalog, pg_temp @PINS@ as $body$
 declare
     unknown @UKT@[];
+    over @UKT@[];
     ids @UKT@[];
 begin
     @SHAPE_CHECK@
@@ -278,10 +290,14 @@ begin
         end if;
     end if;
     -- Repairs, for writes that bypassed the triggers (session_replication_role = replica, ...):
-    -- a link whose switch is off ends; a link whose user is gone is forgotten.
-    update @LINKS@ l set active = false
-      from @U@ u
-     where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids));
+    -- a link whose switch is off ends; a link whose user is gone is forgotten. Either way a
+    -- failure a resync recorded for the pair is over.
+    with ended as (
+        update @LINKS@ l set active = false
+          from @U@ u
+         where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids))
+        returning l.user_id)
+    select pg_catalog.array_agg(e.user_id) into over from ended e;
     -- (Not while row-level security may only be hiding the user: that pair would be lost.)
     if @GUARDED_U@ then
         select array_agg(l.user_id) into unknown from @LINKS@ l
@@ -291,16 +307,14 @@ begin
             perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
         end if;
     end if;
-    -- (and so is its failure, if a resync recorded one: the delete that bypassed the triggers
-    -- did not end it)
     with gone as (
         delete from @LINKS@ l
          where (p_user_ids is null or l.user_id = any(p_user_ids))
            and not exists (select from @U@ u where u.@UK@ = l.user_id)
         returning l.user_id)
-    select pg_catalog.array_agg(g.user_id) into unknown from gone g;
-    if unknown is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
-        perform usersync._forget_failures(@PAIR@, unknown);
+    select over || pg_catalog.array_agg(g.user_id) into over from gone g;
+    if over is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        perform usersync._forget_failures(@PAIR@, over);
     end if;
     ids := array(select u.@UK@ from @U@ u
                   where u.@SW@ and (p_user_ids is null or u.@UK@ = any(p_user_ids)) order by u.@UK@);
@@ -374,6 +388,7 @@ declare
     r record;
     switched_on @UKT@[] := '{}';
     stamped_ids @UKT@[];
+    ended_ids @UKT@[];
     expected bigint;
     written bigint;
     any_reversed boolean;
@@ -471,11 +486,18 @@ begin
     end if;
 
     if any_switched then
-        -- Switched off: the link ends, the contact stays as an ordinary contact.
-        /*dual*/
-        update @LINKS@ l set active = false
-          from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@;
+        -- Switched off: the link ends, the contact stays as an ordinary contact, and a failure a
+        -- resync recorded for the pair is over with it.
+        /*dual into ended_ids*/
+        with ended as (
+            update @LINKS@ l set active = false
+              from new_rows n where l.user_id = n.@UK@ and l.active and not n.@SW@
+            returning l.user_id)
+        select pg_catalog.array_agg(e.user_id) into ended_ids from ended e;
         /*end*/
+        if ended_ids is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+            perform usersync._forget_failures(@PAIR@, ended_ids);
+        end if;
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
         /*dual into switched_on*/
         select array(select n.@UK@ from new_rows n
@@ -738,8 +760,8 @@ begin
     if @HAS_MAP@ and @C_CHANGED@ then
         @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
+        get diagnostics written = row_count;
         if @GUARDED_U@ then
-            get diagnostics written = row_count;
             if written <> 1 then
                 perform usersync._lost_write(@U_REL@, 'update', 1, written);
             end if;
@@ -749,9 +771,11 @@ begin
         end if;
         -- The user is now the whole image of its contact under the current mapping: a pair that
         -- was stale, or that a resync run marked failed (0), is synced, and its failure is over
-        -- (as a user's own fix ends a user-sourced pair's, in the update trigger of users).
-        if l.mapping_version < @V@ then
-            update @LINKS@ x set mapping_version = @V@, synced_at = pg_catalog.now() where x.user_id = l.user_id;
+        -- (as a user's own fix ends a user-sourced pair's, in the update trigger of users). Not
+        -- where no user was written (deleted behind the triggers' back: the pair is broken).
+        if l.mapping_version < @V@ and written = 1 then
+            update @LINKS@ x set mapping_version = @V@, synced_at = pg_catalog.now()
+             where x.user_id = l.user_id and x.mapping_version < @V@;
             if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
                 perform usersync._forget_failures(@PAIR@, array[l.user_id]);
             end if;

@@ -176,7 +176,7 @@ $$;
 
 -- "pids 1, 2; prepared transactions 'a', 'b'": the writers a run waits for, as a DBA finds them.
 create or replace function usersync._writers_named(p_pids integer[], p_gids text[])
-returns text language sql immutable set search_path = pg_catalog, pg_temp as $$
+returns text language sql stable set search_path = pg_catalog, pg_temp as $$
     select pg_catalog.concat_ws('; ',
                'pids ' || nullif(pg_catalog.array_to_string(p_pids, ', '), ''),
                'prepared transactions ' || nullif(
@@ -219,15 +219,23 @@ begin
             detail = 'A resync run starts once the code of the current mapping is committed, so that writes after it run that code.',
             hint = 'Commit, then run the resync.';
     end if;
-    writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
-                      where x.locktype = 'relation'
-                        and x.database = (select d.oid from pg_catalog.pg_database d
-                                           where d.datname = pg_catalog.current_database())
-                        and x.relation in (a.users, a.contacts) and x.mode = 'RowExclusiveLock' and x.granted
-                        and x.pid is distinct from pg_catalog.pg_backend_pid());
+    -- pg_locks names a lock's holder by its current virtual xid, which a transaction that ends
+    -- or prepares clears (n/0) for a moment before its locks are released or handed over to
+    -- the prepared transaction: read again until every writer has its name.
+    loop
+        writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
+                          where x.locktype = 'relation'
+                            and x.database = (select d.oid from pg_catalog.pg_database d
+                                               where d.datname = pg_catalog.current_database())
+                            and x.relation in (a.users, a.contacts) and x.mode = 'RowExclusiveLock' and x.granted
+                            and x.pid is distinct from pg_catalog.pg_backend_pid());
+        exit when not exists (select from pg_catalog.unnest(writers) w(name) where w.name like '%/0');
+        perform pg_catalog.pg_sleep(0.001);
+    end loop;
     -- A writer is over when no lock is held in its name any more: a session's transaction holds
     -- its own virtual xid's lock until it ends; a prepared transaction (PREPARE TRANSACTION) has
-    -- no session, and holds its locks, under the same name, until COMMIT or ROLLBACK PREPARED.
+    -- no session, and holds its locks, under the same name, until COMMIT or ROLLBACK PREPARED
+    -- (and its virtual xid's lock, of that name, until they are handed over).
     loop
         select coalesce(pg_catalog.array_agg(distinct x.pid) filter (where x.pid is not null), '{}'),
                coalesce(pg_catalog.array_agg(distinct p.gid) filter (where p.gid is not null), '{}')
@@ -235,7 +243,8 @@ begin
           from pg_catalog.pg_locks x
           left join pg_catalog.pg_prepared_xacts p
             on x.pid is null and x.locktype = 'transactionid' and p.transaction = x.transactionid
-         where x.virtualtransaction = any(writers) and x.granted;
+         where (x.virtualtransaction = any(writers) or x.locktype = 'virtualxid' and x.virtualxid = any(writers))
+           and x.granted;
         exit when pg_catalog.cardinality(pids) + pg_catalog.cardinality(gids) = 0;
         if not told then
             raise notice 'the resync run of pair % waits for % open transaction(s) that wrote % or % before it (%)',

@@ -232,3 +232,42 @@ def test_a_reversed_contact_edit_and_a_resync_batch_do_not_deadlock(sessions, co
     it.result(batch)
     assert one(conn, "select first_name from users where id = %s", [uid]) == "new"
     _settle(conn)
+
+
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_failed_reversed_pairs_contact_fix_and_a_rerun_batch_do_not_deadlock(sessions, conn):
+    # The batch stamps the link the last run marked failed, the fix stamps it too: both take the
+    # contact (the source) before the link.
+    conn.execute("alter table users add column nick varchar(3)")
+    uid = add_user(conn, "a")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    conn.execute("update contacts set title = 'Professor' where id = %s", [cid])
+    conn.execute("insert into usersync.field_mapping values ('nick', 'title')")
+    conn.execute("call usersync.resync_all()")
+    assert one(conn, "select count(*) from usersync.sync_errors") == 1
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "select from contacts where id = %s for update", [cid])
+    batch = it.step(admin, "select * from usersync.resync_step(10)", blocks=True)  # a rerun
+    it.step(app, "update contacts set title = 'Pr' where id = %s", [cid])
+    it.step(app, "commit")
+    it.result(batch)
+    assert one(conn, "select nick from users where id = %s", [uid]) == "Pr"
+    assert one(conn, "select count(*) from usersync.sync_errors") == 0
+    _settle(conn)
+
+
+def test_a_reversed_contact_edit_and_sync_users_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "select from contacts where id = %s for update", [cid])
+    sync = it.step(admin, "select usersync.sync_users(%s::bigint[])", [[uid]], blocks=True)
+    it.step(app, "update contacts set first_name = 'new' where id = %s", [cid])
+    it.step(app, "commit")
+    it.result(sync)
+    assert one(conn, "select first_name from users where id = %s", [uid]) == "new"
+    _settle(conn)

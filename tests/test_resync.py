@@ -96,14 +96,21 @@ def test_a_pair_failed_after_a_clean_run_is_over_when_its_user_fixes_the_value(c
     assert contact(conn, contact_id(conn, users[2]))["short_title"] == "Pr"
 
 
-@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
-def test_a_reversed_pair_failed_by_a_run_is_over_when_its_contact_fixes_the_value(conn, admin_conn, users):
+def _a_failed_reversed_pair(conn, admin_conn, uid: int) -> int:
+    """The user's pair reversed, and a run that fails it: its contact's title is too long for the
+    user field it is now mapped to. The contact's key."""
     conn.execute("alter table users add column nick varchar(3)")
-    admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [users[4]])
-    cid = contact_id(conn, users[4])
+    admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    cid = contact_id(conn, uid)
     conn.execute("update contacts set title = 'Professor' where id = %s", [cid])
     admin_conn.execute("insert into usersync.field_mapping values ('nick', 'title')")
     admin_conn.execute("call usersync.resync_all(10)")
+    return cid
+
+
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_reversed_pair_failed_by_a_run_is_over_when_its_contact_fixes_the_value(conn, admin_conn, users):
+    cid = _a_failed_reversed_pair(conn, admin_conn, users[4])
     assert one(conn, "select user_id::bigint, field from usersync.sync_errors") == (users[4], "nick -> title")
     assert admin.status(conn)["failed"] == 1
     # The contact is this pair's source: its own fix writes the user's whole image, so the pair is
@@ -116,16 +123,44 @@ def test_a_reversed_pair_failed_by_a_run_is_over_when_its_contact_fixes_the_valu
 
 
 @pytest.mark.guard  # (its ALTER TABLE regenerates the code)
-def test_sync_users_forgets_the_failure_of_a_user_deleted_behind_the_triggers_back(conn, admin_conn, users):
+def test_a_reversed_pair_failed_by_a_run_stays_failed_when_its_contact_is_edited_without_its_user(
+        conn, admin_conn, users):
+    cid = _a_failed_reversed_pair(conn, admin_conn, users[4])
+    conn.execute("set session_replication_role = replica")
+    conn.execute("delete from users where id = %s", [users[4]])
+    conn.execute("reset session_replication_role")
+    # The edit writes no user: the pair is broken, not synced.
+    conn.execute("update contacts set title = 'Pr' where id = %s", [cid])
+    assert one(conn, "select up_to_date from usersync.synchronized_contacts where contact_id = %s", [str(cid)]) is False
+    assert one(conn, "select count(*) from usersync.sync_errors") == 1
+
+
+def _failing(conn, admin_conn, failing: list[int]) -> None:
+    """A run that fails the pairs of these users (a title too long for its contact field)."""
     conn.execute("alter table contacts add column short_title varchar(3)")
-    conn.execute("update users set academic_title = 'Professor' where id = %s", [users[7]])
+    conn.execute("update users set academic_title = 'Professor' where id = any(%s)", [failing])
     admin_conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
     admin_conn.execute("call usersync.resync_all(10)")
-    assert one(conn, "select user_id::bigint from usersync.sync_errors") == users[7]
+    assert one(conn, "select count(*) from usersync.sync_errors") == len(failing)
+
+
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_failure_is_over_when_its_user_is_switched_off(conn, admin_conn, users):
+    _failing(conn, admin_conn, [users[3], users[8]])
+    conn.execute("update users set sync_to_contact = false where id = %s", [users[3]])
+    assert one(conn, "select array_agg(user_id::bigint) from usersync.sync_errors") == [users[8]]
+    assert admin.status(conn)["failed"] == 1
+
+
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_sync_users_forgets_the_failures_of_pairs_ended_behind_the_triggers_back(conn, admin_conn, users):
+    _failing(conn, admin_conn, [users[6], users[7]])
     conn.execute("set session_replication_role = replica")
     conn.execute("delete from users where id = %s", [users[7]])
+    conn.execute("update users set sync_to_contact = false where id = %s", [users[6]])
     conn.execute("reset session_replication_role")
-    # The repair that forgets the link of a user who is gone forgets that pair's failure too.
+    # The repairs that forget the link of a user who is gone, and end the link of a user switched
+    # off, end those pairs' failures too.
     admin_conn.execute("select usersync.sync_users(null::bigint[])")
     assert one(conn, "select count(*) from usersync.sync_errors") == 0
     assert admin.status(conn)["failed"] == 0

@@ -188,17 +188,18 @@ def test_upgrading_0006_during_a_run_keeps_the_pairs_it_failed_or_did_not_see_st
         assert stale == [(2,), (3,), (5,), (6,)]
 
 
-def test_upgrading_0006_after_a_run_with_failures_marks_them_and_drops_those_synced_since(
+def test_upgrading_0006_after_a_run_with_failures_marks_them_and_drops_those_synced_or_ended_since(
         new_database: Callable[[], Database]):
     db = new_database()
     migrate.upgrade(db, "0006")
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        _0006_with_titles_too_long_for(conn, [2, 4])
-        conn.execute("call usersync.resync_all()")  # finished, two pairs failed
+        _0006_with_titles_too_long_for(conn, [2, 4, 5])
+        conn.execute("call usersync.resync_all()")  # finished, three pairs failed
         conn.execute("update users set academic_title = 'Pr' where id = 4")  # synced since: 0006 kept its row
-        assert one(conn, "select count(*) from usersync.sync_errors") == 2
+        conn.execute("update users set sync_to_contact = false where id = 5")  # ended: 0006 kept its row
+        assert one(conn, "select count(*) from usersync.sync_errors") == 3
     migrate.upgrade(db)
     with psycopg.connect(db.conninfo, autocommit=True) as conn:
         assert one(conn, "select array_agg(user_id order by user_id) from usersync.sync_errors") == ["2"]
         counts = admin.status(conn)
-        assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (1, 0, 5)
+        assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (1, 0, 4)

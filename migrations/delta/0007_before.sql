@@ -10,7 +10,9 @@
 -- up_to_date: with covered_version 0, no finished run covers anything yet.
 -- A pair in sync_errors gets the mark too, as a failing run now gives it (status counts failed
 -- pairs by it), unless its link was stamped with the mapping since: then it synced after it
--- failed (0006 left the row behind when its user's write synced it), and the row goes. Keys in
+-- failed (0006 left the row behind when its user's write synced it), and the row goes; so does
+-- the row of a pair that ended (its user switched off, or deleted behind the triggers' back: 0006
+-- left those too). Keys in
 -- sync_errors are ISO text written under resync_step's pinned settings: read back in the key's
 -- type, they are the same keys under any settings.
 alter table usersync.mapping_state add column if not exists covered_version bigint not null default 0;
@@ -34,6 +36,10 @@ begin
             'delete from usersync.sync_errors e using %s l, usersync.mapping_state s'
             ' where e.pair = %L and s.pair = %L and l.user_id = e.user_id::%s and l.mapping_version = s.version',
             links, a.pair, a.pair, ukt);
+        execute pg_catalog.format(
+            'delete from usersync.sync_errors e where e.pair = %L'
+            '   and not exists (select from %s l where l.user_id = e.user_id::%s and l.active)',
+            a.pair, links, ukt);
         execute pg_catalog.format(
             'update %s l set mapping_version = 0 from usersync.sync_errors e'
             ' where e.pair = %L and l.user_id = e.user_id::%s',

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "cc6e1c2323c095cb772ade828456eee58d882fbdb5e6a1b390859f319526470b"
+SHA256 = "a50c20a093deb82bd12782faa174f601f01b9c917cebe38a92659a4135dc753f"
 
 
 def upgrade() -> None:
