@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "a50c20a093deb82bd12782faa174f601f01b9c917cebe38a92659a4135dc753f"
+SHA256 = "83105fd528c2f4fe979803bc1da10c6e95cac6082ee9b7d66acadd144aa04b36"
 
 
 def upgrade() -> None:

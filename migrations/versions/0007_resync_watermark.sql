@@ -3206,8 +3206,9 @@ begin
     end if;
     -- pg_locks names a lock's holder by its current virtual xid, which a transaction that ends
     -- or prepares clears (n/0) for a moment before its locks are released or handed over to
-    -- the prepared transaction: read again until every writer has its name.
-    loop
+    -- the prepared transaction: read again until every writer has its name (for a second at
+    -- most: the moment is a few instructions long).
+    for attempt in 1..1000 loop
         writers := array(select distinct x.virtualtransaction from pg_catalog.pg_locks x
                           where x.locktype = 'relation'
                             and x.database = (select d.oid from pg_catalog.pg_database d
