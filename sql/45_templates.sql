@@ -80,8 +80,9 @@ begin
     -- Read the sources under a lock first: a plain UPDATE ... FROM would, under READ COMMITTED,
     -- wait for a concurrent writer and then write the value it read before that writer committed.
     -- Users are the sources of every pair but the reversed ones, whose contacts are, and are
-    -- locked next: before their links (stamped below), as a contact's own update and
-    -- set_sync_source take a reversed pair's rows (contact, user, link).
+    -- locked next, then their users (the targets, which the application may write too: the
+    -- switch, unmapped fields): both rows of a pair before its link (stamped below), as a
+    -- contact's own update, a switch turned off and set_sync_source take them.
     perform from @U@ u
      where u.@UK@ = any(p_user_ids)
        and not exists (select from @LINKS@ l where l.user_id = u.@UK@ and l.active and l.source = 'contact')
@@ -89,7 +90,9 @@ begin
     any_reversed := @HAS_MAP@ and exists (select from @LINKS@ l where l.active and l.source = 'contact');
     if any_reversed then
         perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
-         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share;
+         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by c.@CK@ for share of c;
+        perform from @U@ u join @LINKS@ l on l.user_id = u.@UK@
+         where l.user_id = any(p_user_ids) and l.active and l.source = 'contact' order by u.@UK@ for no key update of u;
     end if;
     -- Driven by the links, restricted by the array; users and contacts are probed by their keys.
     -- (The array on the probed side too would be searched again for every probe: 10,000 probes
@@ -210,6 +213,10 @@ begin
             perform usersync._lost_write(@C_REL@, 'read', expected, 0);
         end if;
     end if;
+    -- The contacts of links about to be re-activated (ordinary contacts until then, which the
+    -- application may edit or delete) before their links, as the contacts' own triggers take them.
+    perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@
+     where l.user_id = any(p_user_ids) and not l.active order by c.@CK@ for no key update of c;
     delete from @LINKS@ l
      where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
     -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
@@ -829,6 +836,11 @@ begin
     select * into l from @LINKS@ where contact_id = old.@CK@;
     if not found then
         return null;
+    end if;
+    -- A reversed pair's user (written below) before its link: the application may be writing
+    -- that user (its switch) and then take the link.
+    if l.active and l.source = 'contact' then
+        perform from @U@ u where u.@UK@ = l.user_id for update;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
     if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then

@@ -402,6 +402,10 @@ begin
                 rewritten := rewritten + r.changed;
             exception when data_exception or integrity_constraint_violation or sqlstate 'US007' then
                 get stacked diagnostics e_state = returned_sqlstate, e_msg = message_text;
+                -- The run's cursor goes past this pair: its link says it is not up to date. (The
+                -- link before sync_errors, as every writer of both takes them.)
+                execute pg_catalog.format('update %s l set mapping_version = 0 where l.user_id = $1::%s', links, ukt)
+                  using uid;
                 select * into d from usersync._diagnose(a.pair, uid);
                 insert into usersync.sync_errors as e (pair, user_id, contact_id, field, sqlstate, message)
                 values (a.pair, uid, d.contact_id,
@@ -410,9 +414,6 @@ begin
                 on conflict (pair, user_id) do update
                    set contact_id = excluded.contact_id, field = excluded.field, sqlstate = excluded.sqlstate,
                        message = excluded.message, occurred_at = pg_catalog.now();
-                -- The run's cursor goes past this pair: its link says it is not up to date.
-                execute pg_catalog.format('update %s l set mapping_version = 0 where l.user_id = $1::%s', links, ukt)
-                  using uid;
                 bad := bad + 1;
             end;
         end loop;

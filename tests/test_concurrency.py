@@ -271,3 +271,86 @@ def test_a_reversed_contact_edit_and_sync_users_do_not_deadlock(sessions, conn):
     it.result(sync)
     assert one(conn, "select first_name from users where id = %s", [uid]) == "new"
     _settle(conn)
+
+
+# A reversed pair's user is its target, yet the application may write it (its switch, unmapped
+# fields): such a write locks the user first, then its trigger takes the link. Every engine
+# action therefore takes both rows of a pair before its link, and sync_errors last.
+# (`SELECT ... FOR UPDATE` stands for the row lock the application's UPDATE or DELETE takes
+# before its triggers run.)
+
+def _reversed_and_behind(conn: psycopg.Connection, uid: int) -> int:
+    """The user's pair reversed, its contact changed behind the triggers' back: a sync must write
+    the user. The contact's key."""
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    conn.execute("set session_replication_role = replica")
+    conn.execute("update contacts set first_name = 'from contact' where id = %s", [cid])
+    conn.execute("reset session_replication_role")
+    return cid
+
+
+@pytest.mark.parametrize("action", ["select usersync.sync_users(%s::bigint[])",
+                                    "select * from usersync.resync_step(100)"])
+def test_a_sync_and_a_reversed_user_switched_off_do_not_deadlock(sessions, conn, action):
+    uid = add_user(conn, "a", first_name="old")
+    _reversed_and_behind(conn, uid)
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "select from users where id = %s for update", [uid])
+    sync = it.step(admin, action, [[uid]] if "%s" in action else None, blocks=True)
+    it.step(app, "update users set sync_to_contact = false where id = %s", [uid])
+    it.step(app, "commit")
+    it.result(sync)
+    assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is False
+    _settle(conn)
+
+
+def test_deleting_a_reversed_contact_and_switching_its_user_off_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app1, app2) = sessions("app", "app")
+    it.step(app1, "begin")
+    it.step(app1, "select from users where id = %s for update", [uid])
+    delete = it.step(app2, "delete from contacts where id = %s", [cid], blocks=True)
+    it.step(app1, "update users set sync_to_contact = false where id = %s", [uid])
+    it.step(app1, "commit")
+    it.result(delete)
+    assert one(conn, "select count(*) from usersync.links_1 where user_id = %s", [uid]) == 0
+    _settle(conn)
+
+
+def test_switching_a_user_on_again_and_deleting_its_old_contact_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("update users set sync_to_contact = false where id = %s", [uid])
+    conn.execute("update contacts set first_name = 'edited' where id = %s", [cid])  # an ordinary contact now
+    it, (app1, app2) = sessions("app", "app")
+    it.step(app2, "begin")
+    it.step(app2, "select from contacts where id = %s for update", [cid])
+    switch_on = it.step(app1, "update users set sync_to_contact = true where id = %s", [uid], blocks=True)
+    it.step(app2, "delete from contacts where id = %s", [cid])
+    it.step(app2, "commit")
+    it.result(switch_on)
+    assert contact_id(conn, uid) not in (None, cid)  # a new contact, the old one is gone
+    _settle(conn)
+
+
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_a_rerun_recording_a_failure_and_the_users_fix_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a")
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    conn.execute("update users set academic_title = 'Professor' where id = %s", [uid])
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+    conn.execute("call usersync.resync_all()")
+    it, (other, admin, app) = sessions("owner", "admin", "app")
+    it.step(other, "begin")
+    it.step(other, "select from usersync.sync_errors for update")  # holds the rerun at its record of the failure
+    rerun = it.step(admin, "select * from usersync.resync_step(100)", blocks=True)
+    fix = it.step(app, "update users set academic_title = 'Pr' where id = %s", [uid], blocks=True)
+    it.step(other, "commit")
+    it.result(rerun)
+    it.result(fix)
+    assert contact(conn, contact_id(conn, uid))["short_title"] == "Pr"
+    _settle(conn)

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "83105fd528c2f4fe979803bc1da10c6e95cac6082ee9b7d66acadd144aa04b36"
+SHA256 = "7e5eb03f22d34addb06ef94cf2c05c272473f0e01309af1b92992b585be85cfd"
 
 
 def upgrade() -> None:
