@@ -153,8 +153,9 @@ create table if not exists usersync.resync_state (
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run of each pair';
 
--- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
--- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.
+-- Configuration changes (mapping edits, regeneration) and set_sync_source lock this table
+-- EXCLUSIVE; sync_users and resync_step lock it SHARE, so no batch ever runs half on an old
+-- mapping, nor reads a pair's direction that a reversal changes under it.
 -- A table lock rather than an advisory lock: any role may take any advisory lock and so stall
 -- the engine, while LOCK TABLE in these modes needs UPDATE on the table, which only the engine has.
 create table if not exists usersync.config_lock ();
@@ -181,14 +182,19 @@ begin
             return;
         exception when lock_not_available then
             -- A holder of the lock waiting for one of ours is a deadlock PostgreSQL cannot see
-            -- (we are sleeping, not queued): break it as PostgreSQL would.
-            if exists (select from pg_catalog.pg_locks l
-                        where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
-                          and l.pid <> pg_catalog.pg_backend_pid()
-                          and pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(l.pid))) then
+            -- (we are sleeping, not queued): break it as PostgreSQL would. Through other sessions
+            -- too: a sync waiting for an application's row, the application for this change's
+            -- table lock (ALTER TABLE holds it while the DDL guard gets here).
+            if exists (with recursive w(pid) as (
+                           select l.pid from pg_catalog.pg_locks l
+                            where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
+                              and l.pid <> pg_catalog.pg_backend_pid()
+                           union
+                           select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
+                       select from w where w.pid = pg_catalog.pg_backend_pid()) then
                 raise exception using errcode = 'deadlock_detected',
                     message = 'usersync: deadlock between a configuration change and a running synchronization',
-                    detail = 'A session holding the configuration lock waits for a lock this transaction holds.',
+                    detail = 'A session holding the configuration lock waits, directly or through others, for a lock this transaction holds.',
                     hint = 'Retry the configuration change.';
             end if;
             if timeout is not null and pg_catalog.clock_timestamp() - started > timeout then

@@ -48,12 +48,14 @@ create or replace function usersync.@G@lock_pair(p_user_id @UKT@, p_contact_id @
 returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
     @SHAPE_CHECK@
+    -- (NO KEY UPDATE keeps out every write of the application, not its foreign keys' KEY SHARE
+    -- locks: a row it inserts that references the target must not hold the reversal up.)
     if p_source = 'contact' then
-        perform from @C@ c where c.@CK@ = p_contact_id for update;
-        perform from @U@ u where u.@UK@ = p_user_id for update;
+        perform from @C@ c where c.@CK@ = p_contact_id for no key update;
+        perform from @U@ u where u.@UK@ = p_user_id for no key update;
     else
-        perform from @U@ u where u.@UK@ = p_user_id for update;
-        perform from @C@ c where c.@CK@ = p_contact_id for update;
+        perform from @U@ u where u.@UK@ = p_user_id for no key update;
+        perform from @C@ c where c.@CK@ = p_contact_id for no key update;
     end if;
 end
 $body$;

@@ -496,7 +496,11 @@ begin
     end if;
     perform usersync._user_ids(a, array[p_user_id]);  -- a valid key of the pair, or US006
     -- (before the check below: an attach of a second pair checks for reversed pairs under it)
-    lock table usersync.config_lock in share mode;
+    -- Exclusive, as a configuration change takes it (polled, not queued): a direction changes
+    -- only while no sync_users or resync batch runs. They read the directions (which of a pair's
+    -- rows is its source, to lock first) under their SHARE lock; a reversal committed while one
+    -- waited for a row made it lock that pair's user, now its target, before its contact.
+    perform usersync._lock_config_exclusive();
     -- The engine's writes to a users table skip every pair's triggers: a contact that wrote its
     -- user would leave the user's other contacts behind. So a users table feeding several pairs
     -- is the source of all of them.

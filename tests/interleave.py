@@ -64,6 +64,17 @@ class Interleaving:
             time.sleep(0.005)
         raise AssertionError(f"{session.name}: neither finished nor blocked within {TIMEOUT}s: {query}")
 
+    def start(self, session: Session, query: str, params: Any = None) -> Future:
+        """Run a step that may finish or wait, where either order is correct and only a
+        deadlock would not be (its result says which)."""
+        future = session.submit(query, params)
+        deadline = time.monotonic() + TIMEOUT
+        while not (future.done() or self._blocked(session)):
+            assert time.monotonic() < deadline, \
+                f"{session.name}: neither finished nor blocked within {TIMEOUT}s: {query}"
+            time.sleep(0.005)
+        return future
+
     @staticmethod
     def result(future: Future) -> Any:
         return future.result(timeout=TIMEOUT)

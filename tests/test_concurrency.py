@@ -354,3 +354,99 @@ def test_a_rerun_recording_a_failure_and_the_users_fix_do_not_deadlock(sessions,
     it.result(fix)
     assert contact(conn, contact_id(conn, uid))["short_title"] == "Pr"
     _settle(conn)
+
+
+# A batch (or sync_users) decides which users are sources with the snapshot its first statement
+# took; a reversal committed while it waited for another user made it lock that pair's user (now
+# the target) before its contact (now the source): 40P01 against the contact's edit. A reversal
+# now waits for the sync instead (and the edit, of a contact not reversed yet, is refused).
+@pytest.mark.parametrize("action", ["select usersync.sync_users(%s::bigint[])",
+                                    "select * from usersync.resync_step(100)"])
+def test_a_reversal_during_a_waiting_sync_and_the_contacts_edit_do_not_deadlock(sessions, conn, action):
+    first = add_user(conn, "a", first_name="a")
+    uid = add_user(conn, "b", first_name="old")
+    cid = contact_id(conn, uid)
+    it, (holder, admin, admin2, app) = sessions("app", "admin", "admin", "app")
+    it.step(holder, "begin")
+    it.step(holder, "select from users where id = %s for update", [first])
+    sync = it.step(admin, action, [[first, uid]] if "%s" in action else None, blocks=True)
+    reversal = it.start(admin2, "select usersync.set_sync_source(%s, 'contact')", [uid])
+    it.step(app, "begin")
+    it.step(app, "select from contacts where id = %s for update", [cid])
+    it.step(holder, "commit")
+    edit = it.start(app, "update contacts set first_name = 'new' where id = %s", [cid])
+    it.result(sync)  # (it was 40P01: the sync waiting for the contact, the edit for its user)
+    with raises_sqlstate("US001"):  # the reversal waits for the sync: not reversed yet
+        it.result(edit)
+    it.step(app, "rollback")
+    it.result(reversal)
+    assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "contact"
+    _settle(conn)
+
+
+# A configuration change that already holds a table lock (ALTER TABLE, through the DDL guard)
+# polls for the configuration lock; a sync holding it in SHARE mode waits for an application
+# that waits for the change's table lock: a cycle through a sleeping session, which PostgreSQL
+# cannot see (it hung until lock_timeout).
+@pytest.mark.guard
+def test_an_alter_table_polling_behind_a_sync_that_waits_for_an_app_waiting_for_it(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    it, (app, admin, owner) = sessions("app", "admin", "owner")
+    it.step(owner, "set lock_timeout = '10s'")
+    it.step(app, "begin")
+    it.step(app, "select from users where id = %s for update", [uid])
+    batch = it.step(admin, "select * from usersync.resync_step(100)", blocks=True)
+    alter = it.step(owner, "alter table contacts add column zz text", blocks=True)
+    # (waits for the ALTER, until the ALTER sees the cycle: before, until its lock_timeout)
+    edit = it.start(app, "update users set first_name = 'new' where id = %s", [uid])
+    with raises_sqlstate("40P01"):
+        it.result(alter)
+    it.result(edit)
+    it.step(app, "commit")
+    it.result(batch)
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
+    _settle(conn)
+
+
+# The same through a mapping change in a transaction that wrote a user first (a deploy script).
+def test_a_mapping_change_polling_behind_a_sync_that_waits_for_an_app_waiting_for_it(sessions, conn):
+    first = add_user(conn, "a", first_name="a")
+    second = add_user(conn, "b", first_name="b")
+    conn.execute("call usersync.resync_all()")  # (a run on this mapping: the next one waits for no writer)
+    it, (app, admin, owner) = sessions("app", "admin", "owner")
+    it.step(owner, "set lock_timeout = '10s'")
+    it.step(owner, "begin")
+    it.step(owner, "update users set first_name = 'deploy' where id = %s", [second])
+    it.step(app, "begin")
+    it.step(app, "select from users where id = %s for update", [first])
+    batch = it.step(admin, "select * from usersync.resync_step(100)", blocks=True)
+    edit = it.step(app, "update users set first_name = 'new' where id = %s", [second], blocks=True)
+    change = it.start(owner, "insert into usersync.field_mapping values ('academic_title', 'title')")
+    with raises_sqlstate("40P01"):
+        it.result(change)
+    it.step(owner, "rollback")
+    it.result(edit)
+    it.step(app, "commit")
+    it.result(batch)
+    _settle(conn)
+
+
+# set_sync_source locked both rows FOR UPDATE, which a foreign key's KEY SHARE lock blocks: an
+# application that logs a note on the contact (a row referencing it) and then edits the user, the
+# pair's source, met a reversal in a cycle. FOR NO KEY UPDATE keeps every write out as well.
+def test_a_reversal_and_an_edit_after_a_row_referencing_the_contact_do_not_deadlock(sessions, conn):
+    conn.execute("create table notes (contact_id bigint references contacts (id))")
+    conn.execute("grant insert on notes to usersync_test_app")
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "insert into notes values (%s)", [cid])  # (KEY SHARE on the contact)
+    reversal = it.start(admin, "select usersync.set_sync_source(%s, 'contact')", [uid])
+    edit = it.start(app, "update users set last_name = 'new' where id = %s", [uid])
+    it.result(reversal)  # (it was 40P01, or the edit's)
+    with raises_sqlstate("US002"):  # reversed by now: the user's mapped fields are read-only
+        it.result(edit)
+    it.step(app, "rollback")
+    assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "contact"
+    _settle(conn)

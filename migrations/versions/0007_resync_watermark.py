@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "7e5eb03f22d34addb06ef94cf2c05c272473f0e01309af1b92992b585be85cfd"
+SHA256 = "d0b27ad212a2a7579d2cb97523b212ca4b912520db9e8c62162b05e9f758484d"
 
 
 def upgrade() -> None:

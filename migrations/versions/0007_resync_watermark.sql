@@ -264,8 +264,9 @@ create table if not exists usersync.resync_state (
 );
 comment on table usersync.resync_state is 'Progress of the current (finished_at is null) or last resync_all run of each pair';
 
--- Configuration changes (mapping edits, regeneration) lock this table EXCLUSIVE; sync_users,
--- resync_step and set_sync_source lock it SHARE, so no batch ever runs half on an old mapping.
+-- Configuration changes (mapping edits, regeneration) and set_sync_source lock this table
+-- EXCLUSIVE; sync_users and resync_step lock it SHARE, so no batch ever runs half on an old
+-- mapping, nor reads a pair's direction that a reversal changes under it.
 -- A table lock rather than an advisory lock: any role may take any advisory lock and so stall
 -- the engine, while LOCK TABLE in these modes needs UPDATE on the table, which only the engine has.
 create table if not exists usersync.config_lock ();
@@ -292,14 +293,19 @@ begin
             return;
         exception when lock_not_available then
             -- A holder of the lock waiting for one of ours is a deadlock PostgreSQL cannot see
-            -- (we are sleeping, not queued): break it as PostgreSQL would.
-            if exists (select from pg_catalog.pg_locks l
-                        where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
-                          and l.pid <> pg_catalog.pg_backend_pid()
-                          and pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(l.pid))) then
+            -- (we are sleeping, not queued): break it as PostgreSQL would. Through other sessions
+            -- too: a sync waiting for an application's row, the application for this change's
+            -- table lock (ALTER TABLE holds it while the DDL guard gets here).
+            if exists (with recursive w(pid) as (
+                           select l.pid from pg_catalog.pg_locks l
+                            where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
+                              and l.pid <> pg_catalog.pg_backend_pid()
+                           union
+                           select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
+                       select from w where w.pid = pg_catalog.pg_backend_pid()) then
                 raise exception using errcode = 'deadlock_detected',
                     message = 'usersync: deadlock between a configuration change and a running synchronization',
-                    detail = 'A session holding the configuration lock waits for a lock this transaction holds.',
+                    detail = 'A session holding the configuration lock waits, directly or through others, for a lock this transaction holds.',
                     hint = 'Retry the configuration change.';
             end if;
             if timeout is not null and pg_catalog.clock_timestamp() - started > timeout then
@@ -2145,12 +2151,14 @@ create or replace function usersync.@G@lock_pair(p_user_id @UKT@, p_contact_id @
 returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
 begin
     @SHAPE_CHECK@
+    -- (NO KEY UPDATE keeps out every write of the application, not its foreign keys' KEY SHARE
+    -- locks: a row it inserts that references the target must not hold the reversal up.)
     if p_source = 'contact' then
-        perform from @C@ c where c.@CK@ = p_contact_id for update;
-        perform from @U@ u where u.@UK@ = p_user_id for update;
+        perform from @C@ c where c.@CK@ = p_contact_id for no key update;
+        perform from @U@ u where u.@UK@ = p_user_id for no key update;
     else
-        perform from @U@ u where u.@UK@ = p_user_id for update;
-        perform from @C@ c where c.@CK@ = p_contact_id for update;
+        perform from @U@ u where u.@UK@ = p_user_id for no key update;
+        perform from @C@ c where c.@CK@ = p_contact_id for no key update;
     end if;
 end
 $body$;
@@ -3493,7 +3501,11 @@ begin
     end if;
     perform usersync._user_ids(a, array[p_user_id]);  -- a valid key of the pair, or US006
     -- (before the check below: an attach of a second pair checks for reversed pairs under it)
-    lock table usersync.config_lock in share mode;
+    -- Exclusive, as a configuration change takes it (polled, not queued): a direction changes
+    -- only while no sync_users or resync batch runs. They read the directions (which of a pair's
+    -- rows is its source, to lock first) under their SHARE lock; a reversal committed while one
+    -- waited for a row made it lock that pair's user, now its target, before its contact.
+    perform usersync._lock_config_exclusive();
     -- The engine's writes to a users table skip every pair's triggers: a contact that wrote its
     -- user would leave the user's other contacts behind. So a users table feeding several pairs
     -- is the source of all of them.
