@@ -340,6 +340,10 @@ def test_a_run_starts_only_in_read_committed_and_not_where_the_mapping_just_chan
                            " where user_field = 'academic_title'")
         with raises_sqlstate("25000", match="changed in this transaction"):
             admin_conn.execute("select * from usersync.resync_step(10)")
+    with admin_conn.transaction():
+        admin_conn.execute("select usersync.set_sync_source(%s, 'contact')", [users[0]])
+        with raises_sqlstate("25000", match="a pair's direction"):
+            admin_conn.execute("select * from usersync.resync_step(10)")
     admin_conn.execute("call usersync.resync_all(10)")
     assert mismatches(conn) == []
 

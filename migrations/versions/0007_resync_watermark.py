@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "d0b27ad212a2a7579d2cb97523b212ca4b912520db9e8c62162b05e9f758484d"
+SHA256 = "abc128cf614375fd3515faf2b2f7c1be08cfae2ee60b4aec88ef25bca06d789d"
 
 
 def upgrade() -> None:

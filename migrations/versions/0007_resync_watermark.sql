@@ -3220,8 +3220,10 @@ begin
                 where x.locktype = 'relation' and x.relation = 'usersync.config_lock'::pg_catalog.regclass
                   and x.pid = pg_catalog.pg_backend_pid() and x.mode = 'ExclusiveLock' and x.granted) then
         raise exception using errcode = '25000',
-            message = pg_catalog.format('the mapping or the tables of pair %L changed in this transaction', a.pair),
-            detail = 'A resync run starts once the code of the current mapping is committed, so that writes after it run that code.',
+            message = pg_catalog.format('the configuration of pair %L (its mapping, its tables or a pair''s direction) '
+                                        'changed in this transaction', a.pair),
+            detail = 'A resync run starts once the code of the current mapping and the directions are committed, '
+                     'so that writes after it run that code.',
             hint = 'Commit, then run the resync.';
     end if;
     -- pg_locks names a lock's holder by its current virtual xid, which a transaction that ends
