@@ -521,6 +521,9 @@ begin
     vars := pg_catalog.jsonb_build_object(
         'G', '_g' || a.id || '_',
         'PAIR', pg_catalog.quote_literal(a.pair),
+        -- Has a resync recorded any failure of the pair? Rare: a caller that would forget some
+        -- (usersync._forget_failures) asks this first, and then converts no key.
+        'ANY_FAILURE', pg_catalog.format('exists (select from usersync.sync_errors e where e.pair = %L)', a.pair),
         'LINKS', usersync._links_table(a.id),
         'UKT', ukt,
         'CKT', ckt,

@@ -183,7 +183,7 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, p_user_ids);
     end if;
 end
@@ -322,7 +322,7 @@ begin
            and not exists (select from @U@ u where u.@UK@ = l.user_id)
         returning l.user_id)
     select over || pg_catalog.array_agg(g.user_id) into over from gone g;
-    if over is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if over is not null and @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, over);
     end if;
     ids := array(select u.@UK@ from @U@ u
@@ -504,7 +504,7 @@ begin
             returning l.user_id)
         select pg_catalog.array_agg(e.user_id) into ended_ids from ended e;
         /*end*/
-        if ended_ids is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        if ended_ids is not null and @ANY_FAILURE@ then
             perform usersync._forget_failures(@PAIR@, ended_ids);
         end if;
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
@@ -584,7 +584,7 @@ begin
                 returning l.user_id)
             select pg_catalog.array_agg(s.user_id) into stamped_ids from stamped s;
             /*end*/
-            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+            if @ANY_FAILURE@ then
                 perform usersync._forget_failures(@PAIR@, stamped_ids);
             end if;
         end if;
@@ -670,7 +670,7 @@ begin
     /*dual*/
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, array(select o.@UK@ from old_rows o));
     end if;
     return null;
@@ -785,7 +785,7 @@ begin
         if l.mapping_version < @V@ and written = 1 then
             update @LINKS@ x set mapping_version = @V@, synced_at = pg_catalog.now()
              where x.user_id = l.user_id and x.mapping_version < @V@;
-            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+            if @ANY_FAILURE@ then
                 perform usersync._forget_failures(@PAIR@, array[l.user_id]);
             end if;
         end if;
@@ -845,7 +845,7 @@ begin
         perform from @U@ u where u.@UK@ = l.user_id for update;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, array[l.user_id]);
     end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:

@@ -90,7 +90,8 @@ $$;
 -- A pair's failures (sync_errors) of these users are over: something synced them, or they are
 -- gone. The keys are matched as resync_step wrote them, whatever this session's settings, and
 -- converted once (a function in a scan's filter would run for every row). Callers ask first
--- whether the pair has any failure at all, which is rare: then nothing is converted.
+-- whether the pair has any failure at all (@ANY_FAILURE@ in the templates), which is rare: then
+-- nothing is converted.
 create or replace function usersync._forget_failures(p_pair text, p_ids anycompatiblearray)
 returns void
 language sql

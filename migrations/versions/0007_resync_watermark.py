@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "abc128cf614375fd3515faf2b2f7c1be08cfae2ee60b4aec88ef25bca06d789d"
+SHA256 = "eed6603976132660846c4b509663ead0e79f5ec0adf72f869a88ad2508d70720"
 
 
 def upgrade() -> None:

@@ -2009,6 +2009,9 @@ begin
     vars := pg_catalog.jsonb_build_object(
         'G', '_g' || a.id || '_',
         'PAIR', pg_catalog.quote_literal(a.pair),
+        -- Has a resync recorded any failure of the pair? Rare: a caller that would forget some
+        -- (usersync._forget_failures) asks this first, and then converts no key.
+        'ANY_FAILURE', pg_catalog.format('exists (select from usersync.sync_errors e where e.pair = %L)', a.pair),
         'LINKS', usersync._links_table(a.id),
         'UKT', ukt,
         'CKT', ckt,
@@ -2286,7 +2289,7 @@ begin
     if synced <> active_links then
         perform usersync._lost_write(@C_REL@, 'read', active_links, synced);
     end if;
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, p_user_ids);
     end if;
 end
@@ -2425,7 +2428,7 @@ begin
            and not exists (select from @U@ u where u.@UK@ = l.user_id)
         returning l.user_id)
     select over || pg_catalog.array_agg(g.user_id) into over from gone g;
-    if over is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if over is not null and @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, over);
     end if;
     ids := array(select u.@UK@ from @U@ u
@@ -2607,7 +2610,7 @@ begin
             returning l.user_id)
         select pg_catalog.array_agg(e.user_id) into ended_ids from ended e;
         /*end*/
-        if ended_ids is not null and exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+        if ended_ids is not null and @ANY_FAILURE@ then
             perform usersync._forget_failures(@PAIR@, ended_ids);
         end if;
         -- Switched on: link (re-link the earlier contact, or create one) and refresh.
@@ -2687,7 +2690,7 @@ begin
                 returning l.user_id)
             select pg_catalog.array_agg(s.user_id) into stamped_ids from stamped s;
             /*end*/
-            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+            if @ANY_FAILURE@ then
                 perform usersync._forget_failures(@PAIR@, stamped_ids);
             end if;
         end if;
@@ -2773,7 +2776,7 @@ begin
     /*dual*/
     delete from @LINKS@ l using old_rows o where l.user_id = o.@UK@;
     /*end*/
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, array(select o.@UK@ from old_rows o));
     end if;
     return null;
@@ -2888,7 +2891,7 @@ begin
         if l.mapping_version < @V@ and written = 1 then
             update @LINKS@ x set mapping_version = @V@, synced_at = pg_catalog.now()
              where x.user_id = l.user_id and x.mapping_version < @V@;
-            if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+            if @ANY_FAILURE@ then
                 perform usersync._forget_failures(@PAIR@, array[l.user_id]);
             end if;
         end if;
@@ -2948,7 +2951,7 @@ begin
         perform from @U@ u where u.@UK@ = l.user_id for update;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
-    if exists (select from usersync.sync_errors e where e.pair = @PAIR@) then
+    if @ANY_FAILURE@ then
         perform usersync._forget_failures(@PAIR@, array[l.user_id]);
     end if;
     -- A reversed pair. (A user-sourced contact gets here only when its user is already gone:
@@ -3095,7 +3098,8 @@ $$;
 -- A pair's failures (sync_errors) of these users are over: something synced them, or they are
 -- gone. The keys are matched as resync_step wrote them, whatever this session's settings, and
 -- converted once (a function in a scan's filter would run for every row). Callers ask first
--- whether the pair has any failure at all, which is rare: then nothing is converted.
+-- whether the pair has any failure at all (@ANY_FAILURE@ in the templates), which is rare: then
+-- nothing is converted.
 create or replace function usersync._forget_failures(p_pair text, p_ids anycompatiblearray)
 returns void
 language sql
