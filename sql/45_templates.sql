@@ -300,11 +300,18 @@ begin
     end if;
     -- Repairs, for writes that bypassed the triggers (session_replication_role = replica, ...):
     -- a link whose switch is off ends; a link whose user is gone is forgotten. Either way a
-    -- failure a resync recorded for the pair is over.
+    -- failure a resync recorded for the pair is over. The switches are read from locked rows (a
+    -- reversed pair's contact first, the lock order): read from the snapshot, a user switched on
+    -- meanwhile by a transaction that found its link still active lost that link here.
+    perform from @C@ c join @LINKS@ l on l.contact_id = c.@CK@ join @U@ u on u.@UK@ = l.user_id
+     where l.active and l.source = 'contact' and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids))
+     order by c.@CK@ for share of c;
     with ended as (
         update @LINKS@ l set active = false
-          from @U@ u
-         where u.@UK@ = l.user_id and l.active and not u.@SW@ and (p_user_ids is null or l.user_id = any(p_user_ids))
+         where l.active and l.user_id in (
+               select u.@UK@ from @U@ u join @LINKS@ k on k.user_id = u.@UK@
+                where k.active and not u.@SW@ and (p_user_ids is null or u.@UK@ = any(p_user_ids))
+                order by u.@UK@ for share of u)
         returning l.user_id)
     select pg_catalog.array_agg(e.user_id) into over from ended e;
     -- (Not while row-level security may only be hiding the user: that pair would be lost.)

@@ -450,3 +450,23 @@ def test_a_reversal_and_an_edit_after_a_row_referencing_the_contact_do_not_deadl
     it.step(app, "rollback")
     assert one(conn, "select source from usersync.links_1 where user_id = %s", [uid]) == "contact"
     _settle(conn)
+
+
+# sync_users ends the link of a user switched off behind the triggers' back. It decided that from
+# its snapshot: a user switched on again meanwhile (its link still active, so its own trigger had
+# nothing to re-link) lost its link to the repair, and stayed on with no synchronized contact.
+def test_a_repair_of_a_switch_turned_off_behind_the_triggers_back_spares_a_user_switched_on_meanwhile(
+        sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    conn.execute("set session_replication_role = replica")
+    conn.execute("update users set sync_to_contact = false where id = %s", [uid])
+    conn.execute("reset session_replication_role")
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update users set sync_to_contact = true, first_name = 'new' where id = %s", [uid])
+    sync = it.start(admin, "select usersync.sync_users()")
+    it.step(app, "commit")
+    it.result(sync)
+    assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is True
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
+    _settle(conn)

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "eed6603976132660846c4b509663ead0e79f5ec0adf72f869a88ad2508d70720"
+SHA256 = "eb1b94c960f1946598b5baf7334833f75b55fda063caeeb693bd01705634cc68"
 
 
 def upgrade() -> None:
