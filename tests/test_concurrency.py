@@ -470,3 +470,22 @@ def test_a_repair_of_a_switch_turned_off_behind_the_triggers_back_spares_a_user_
     assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is True
     assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
     _settle(conn)
+
+
+# A shared key links the contact that already has the new user's key. A delete of that contact
+# committed while the insert's trigger linked it left a link to no contact (with no foreign key
+# to stop it), the user switched on and unsynchronized: the contact is now locked before its link.
+def test_a_user_inserted_while_the_contact_with_its_shared_key_is_deleted_gets_a_new_contact(sessions, conn):
+    conn.execute("create table u (id int primary key, first_name text, sw boolean not null default true);"
+                 " create table p (id int primary key, first_name text);"
+                 " select usersync.attach('u', 'p', 'sw', shared_key => true);"
+                 " insert into p values (5, 'an ordinary contact')")
+    it, (app1, app2) = sessions("owner", "owner")
+    it.step(app2, "begin")
+    it.step(app2, "delete from p where id = 5")
+    insert = it.start(app1, "insert into u values (5, 'Five')")
+    it.step(app2, "commit")
+    it.result(insert)
+    assert one(conn, "select first_name from p where id = 5") == "Five"
+    assert conn.execute("select user_id, contact_id, active from usersync.links where pair = 'p'").fetchall() == [
+        ("5", "5", True)]

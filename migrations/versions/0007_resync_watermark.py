@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "eb1b94c960f1946598b5baf7334833f75b55fda063caeeb693bd01705634cc68"
+SHA256 = "a1d1fefd3187662e6d1611ac2b099b553fe217f38de6676edd62edeef7809715"
 
 
 def upgrade() -> None:

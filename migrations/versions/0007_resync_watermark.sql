@@ -2334,6 +2334,12 @@ begin
     -- A shared key: a contact that already has the user's key is the user's contact (linked,
     -- never duplicated), unless it belongs to another user of the pair.
     if @SHARED@ then
+        -- Those contacts locked first, and read again below: one deleted meanwhile (with no
+        -- foreign key to stop the delete) is not linked, and the user gets a new contact instead.
+        perform from @U@ u join @C@ c on c.@CK@ = @CID_U@
+         where u.@UK@ = any(p_user_ids) and u.@SW@
+           and not exists (select from @LINKS@ l where l.user_id = u.@UK@)
+         order by c.@CK@ for no key update of c;
         -- (refused where linking would empty values no user field fills: as attach refuses)
         select u.@UK@ as user_id, c.@CK@ as contact_id into r
           from @U@ u join @C@ c on c.@CK@ = @CID_U@
