@@ -161,6 +161,22 @@ comment on table usersync.resync_state is 'Progress of the current (finished_at 
 create table if not exists usersync.config_lock ();
 comment on table usersync.config_lock is 'Empty; its table lock serializes configuration changes (only the engine may take it)';
 
+-- Whether one of these sessions waits, directly or through others, for a lock this transaction
+-- holds. The engine's waits that PostgreSQL cannot see (a sleep between polls, not a place in a
+-- lock queue) ask it before each sleep, and end such a cycle with 40P01 as PostgreSQL would.
+create or replace function usersync._waits_for_me(p_pids integer[])
+returns boolean
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    with recursive w(pid) as (
+        select x.pid from pg_catalog.unnest(p_pids) x(pid) where x.pid <> pg_catalog.pg_backend_pid()
+        union
+        select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
+    select exists (select from w where w.pid = pg_catalog.pg_backend_pid())
+$$;
+
 -- The EXCLUSIVE lock is taken without joining the lock queue: a configuration change that waited
 -- in the queue behind a sync action (itself waiting for a row an application holds) would make
 -- every later sync action queue behind it. Polling with NOWAIT keeps the queue free for them;
@@ -185,13 +201,9 @@ begin
             -- (we are sleeping, not queued): break it as PostgreSQL would. Through other sessions
             -- too: a sync waiting for an application's row, the application for this change's
             -- table lock (ALTER TABLE holds it while the DDL guard gets here).
-            if exists (with recursive w(pid) as (
-                           select l.pid from pg_catalog.pg_locks l
-                            where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
-                              and l.pid <> pg_catalog.pg_backend_pid()
-                           union
-                           select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
-                       select from w where w.pid = pg_catalog.pg_backend_pid()) then
+            if usersync._waits_for_me(array(select l.pid from pg_catalog.pg_locks l
+                                             where l.relation = 'usersync.config_lock'::pg_catalog.regclass
+                                               and l.granted)) then
                 raise exception using errcode = 'deadlock_detected',
                     message = 'usersync: deadlock between a configuration change and a running synchronization',
                     detail = 'A session holding the configuration lock waits, directly or through others, for a lock this transaction holds.',

@@ -190,8 +190,9 @@ $$;
 -- mapping's version, would be invisible to the run's batches, yet counted as gone past once it
 -- commits. So the run waits for them, as CREATE INDEX CONCURRENTLY waits for older
 -- transactions; a transaction that begins later runs the current code. The waiting is a sleep,
--- which PostgreSQL's deadlock detector cannot see: a transaction it waits for that waits for
--- this one ends it with 40P01, and lock_timeout, if set, bounds it (55P03). It only makes sense
+-- which PostgreSQL's deadlock detector cannot see: a transaction it waits for that waits,
+-- directly or through others, for this one ends it with 40P01 (usersync._waits_for_me), and
+-- lock_timeout, if set, bounds it (55P03). It only makes sense
 -- where the batches then see what those transactions committed, and once the current code is
 -- committed: READ COMMITTED, and not in the transaction that changed the mapping.
 create or replace function usersync._await_writers(a usersync.attachments)
@@ -256,13 +257,13 @@ begin
                 usersync._writers_named(pids, gids);
             told := true;
         end if;
-        if exists (select from pg_catalog.unnest(pids) w(pid)
-                    where pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(w.pid))) then
+        if usersync._waits_for_me(pids) then
             raise exception using errcode = '40P01',
                 message = pg_catalog.format('a resync run of pair %L would wait for a transaction that waits for it',
                                             a.pair),
-                detail = pg_catalog.format('Sessions %s wrote %s or %s before the run and wait for a lock this '
-                                           'transaction holds.', pg_catalog.array_to_string(pids, ', '), a.users, a.contacts),
+                detail = pg_catalog.format('Sessions %s wrote %s or %s before the run and wait, directly or through '
+                                           'others, for a lock this transaction holds.',
+                                           pg_catalog.array_to_string(pids, ', '), a.users, a.contacts),
                 hint = 'Run the resync in a transaction of its own.';
         end if;
         if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'

@@ -78,6 +78,30 @@ def test_a_run_waiting_for_a_transaction_that_waits_for_it_ends_with_a_deadlock_
     _settle(conn)
 
 
+def test_a_run_waiting_for_a_transaction_that_waits_for_it_through_another_ends_with_a_deadlock_error(
+        sessions, conn):
+    a, b, c = (add_user(conn, x) for x in "abc")
+    it, (owner, app1, app2) = sessions("owner", "app", "app")
+    it.step(owner, "begin")
+    it.step(owner, "select from users where id = %s for update", [b])
+    it.step(app2, "begin")
+    it.step(app2, "select from users where id = %s for update", [c])
+    waits_for_owner = it.step(app2, "select from users where id = %s for update", [b], blocks=True)
+    it.step(app1, "begin")
+    it.step(app1, "update users set first_name = 'x' where id = %s", [a])  # (a writer the run waits for)
+    waits_for_app2 = it.step(app1, "select from users where id = %s for update", [c], blocks=True)
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+    # The run would wait for app1, which waits for app2, which waits for this transaction.
+    with raises_sqlstate("40P01", match="would wait for a transaction that waits for it"):
+        it.result(it.step(owner, "select * from usersync.resync_step(100)"))
+    it.step(owner, "rollback")
+    it.result(waits_for_owner)
+    it.step(app2, "commit")
+    it.result(waits_for_app2)
+    it.step(app1, "commit")
+    _settle(conn)
+
+
 def test_a_run_waits_neither_for_a_queued_writer_nor_for_a_writer_in_another_database(
         sessions, conn, pg_server, template_db):
     add_user(conn, "a")

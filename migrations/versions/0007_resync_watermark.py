@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "a1d1fefd3187662e6d1611ac2b099b553fe217f38de6676edd62edeef7809715"
+SHA256 = "48316d104ef8d5cd9525817c42b004b06bb93662f44f2e7bbcb922c93c86121f"
 
 
 def upgrade() -> None:
@@ -58,6 +58,7 @@ def downgrade() -> None:
         drop function usersync._resync_cursor(text, text, anyelement);
         drop function usersync._await_writers(usersync.attachments);
         drop function usersync._writers_named(integer[], text[]);
+        drop function usersync._waits_for_me(integer[]);
         drop function usersync._lock_generation(integer);
         drop function usersync._forget_failures(text, anycompatiblearray);
         drop function usersync._keys_in_one_format(anycompatiblearray);

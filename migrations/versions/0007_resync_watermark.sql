@@ -272,6 +272,22 @@ comment on table usersync.resync_state is 'Progress of the current (finished_at 
 create table if not exists usersync.config_lock ();
 comment on table usersync.config_lock is 'Empty; its table lock serializes configuration changes (only the engine may take it)';
 
+-- Whether one of these sessions waits, directly or through others, for a lock this transaction
+-- holds. The engine's waits that PostgreSQL cannot see (a sleep between polls, not a place in a
+-- lock queue) ask it before each sleep, and end such a cycle with 40P01 as PostgreSQL would.
+create or replace function usersync._waits_for_me(p_pids integer[])
+returns boolean
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    with recursive w(pid) as (
+        select x.pid from pg_catalog.unnest(p_pids) x(pid) where x.pid <> pg_catalog.pg_backend_pid()
+        union
+        select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
+    select exists (select from w where w.pid = pg_catalog.pg_backend_pid())
+$$;
+
 -- The EXCLUSIVE lock is taken without joining the lock queue: a configuration change that waited
 -- in the queue behind a sync action (itself waiting for a row an application holds) would make
 -- every later sync action queue behind it. Polling with NOWAIT keeps the queue free for them;
@@ -296,13 +312,9 @@ begin
             -- (we are sleeping, not queued): break it as PostgreSQL would. Through other sessions
             -- too: a sync waiting for an application's row, the application for this change's
             -- table lock (ALTER TABLE holds it while the DDL guard gets here).
-            if exists (with recursive w(pid) as (
-                           select l.pid from pg_catalog.pg_locks l
-                            where l.relation = 'usersync.config_lock'::pg_catalog.regclass and l.granted
-                              and l.pid <> pg_catalog.pg_backend_pid()
-                           union
-                           select b.pid from w, pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) b(pid))
-                       select from w where w.pid = pg_catalog.pg_backend_pid()) then
+            if usersync._waits_for_me(array(select l.pid from pg_catalog.pg_locks l
+                                             where l.relation = 'usersync.config_lock'::pg_catalog.regclass
+                                               and l.granted)) then
                 raise exception using errcode = 'deadlock_detected',
                     message = 'usersync: deadlock between a configuration change and a running synchronization',
                     detail = 'A session holding the configuration lock waits, directly or through others, for a lock this transaction holds.',
@@ -3211,8 +3223,9 @@ $$;
 -- mapping's version, would be invisible to the run's batches, yet counted as gone past once it
 -- commits. So the run waits for them, as CREATE INDEX CONCURRENTLY waits for older
 -- transactions; a transaction that begins later runs the current code. The waiting is a sleep,
--- which PostgreSQL's deadlock detector cannot see: a transaction it waits for that waits for
--- this one ends it with 40P01, and lock_timeout, if set, bounds it (55P03). It only makes sense
+-- which PostgreSQL's deadlock detector cannot see: a transaction it waits for that waits,
+-- directly or through others, for this one ends it with 40P01 (usersync._waits_for_me), and
+-- lock_timeout, if set, bounds it (55P03). It only makes sense
 -- where the batches then see what those transactions committed, and once the current code is
 -- committed: READ COMMITTED, and not in the transaction that changed the mapping.
 create or replace function usersync._await_writers(a usersync.attachments)
@@ -3277,13 +3290,13 @@ begin
                 usersync._writers_named(pids, gids);
             told := true;
         end if;
-        if exists (select from pg_catalog.unnest(pids) w(pid)
-                    where pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(w.pid))) then
+        if usersync._waits_for_me(pids) then
             raise exception using errcode = '40P01',
                 message = pg_catalog.format('a resync run of pair %L would wait for a transaction that waits for it',
                                             a.pair),
-                detail = pg_catalog.format('Sessions %s wrote %s or %s before the run and wait for a lock this '
-                                           'transaction holds.', pg_catalog.array_to_string(pids, ', '), a.users, a.contacts),
+                detail = pg_catalog.format('Sessions %s wrote %s or %s before the run and wait, directly or through '
+                                           'others, for a lock this transaction holds.',
+                                           pg_catalog.array_to_string(pids, ', '), a.users, a.contacts),
                 hint = 'Run the resync in a transaction of its own.';
         end if;
         if pg_catalog.current_setting('lock_timeout')::pg_catalog.interval > '0'
