@@ -513,3 +513,62 @@ def test_a_user_inserted_while_the_contact_with_its_shared_key_is_deleted_gets_a
     assert one(conn, "select first_name from p where id = 5") == "Five"
     assert conn.execute("select user_id, contact_id, active from usersync.links where pair = 'p'").fetchall() == [
         ("5", "5", True)]
+
+
+# sync_users decides from its snapshot which users are switched on, then link() re-activates their
+# links. A user switched off meanwhile (its link ended by its trigger, committed while link()
+# waited for the user's row) had its link re-activated: switched off, yet its contact read-only.
+@pytest.mark.parametrize("action", ["select usersync.sync_users(%s::bigint[])", "select usersync.sync_users()"])
+def test_sync_users_does_not_relink_a_user_switched_off_while_it_waited(sessions, conn, action):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "update users set sync_to_contact = false where id = %s", [uid])
+    sync = it.step(admin, action, [[uid]] if "%s" in action else None, blocks=True)
+    it.step(app, "commit")
+    it.result(sync)
+    assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is False
+    conn.execute("update contacts set first_name = 'edited' where id = %s", [cid])  # an ordinary contact
+    _settle(conn)
+
+
+# sync_users forgets a link whose user is gone (deleted behind the triggers' back). It decided that
+# from its snapshot: a user inserted meanwhile with that key, whose trigger took the link over
+# (ON CONFLICT), lost its new link to the repair once it committed, and sync_users then made it a
+# second contact (the one its insert made left behind as an ordinary contact, a duplicate).
+def test_sync_users_does_not_forget_the_link_of_a_user_inserted_again_with_a_gone_users_key(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    conn.execute("set session_replication_role = replica")
+    conn.execute("delete from users where id = %s", [uid])
+    conn.execute("reset session_replication_role")
+    it, (owner, admin) = sessions("owner", "admin")
+    it.step(owner, "begin")
+    it.step(owner, "insert into users (id, login, first_name, sync_to_contact) overriding system value"
+                   " values (%s, 'again', 'new', true)", [uid])
+    sync = it.step(admin, "select usersync.sync_users()", blocks=True)
+    it.step(owner, "commit")
+    it.result(sync)
+    assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is True
+    assert contact(conn, contact_id(conn, uid))["first_name"] == "new"
+    assert one(conn, "select count(*) from contacts where first_name = 'new'") == 1  # (it was 2)
+    _settle(conn)
+
+
+# A reversed pair's contact deleted with delete_user_with_contact deletes its user. The contact's
+# delete read the link before it waited for the user's row: a user switched off meanwhile (the
+# pair ended, the contact an ordinary one by then) was deleted once the switch-off committed.
+def test_deleting_a_reversed_contact_spares_a_user_switched_off_while_it_waited(sessions, conn):
+    conn.execute("update usersync.settings set delete_user_with_contact = true")
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app1, app2) = sessions("app", "app")
+    it.step(app1, "begin")
+    it.step(app1, "update users set sync_to_contact = false where id = %s", [uid])
+    delete = it.step(app2, "delete from contacts where id = %s", [cid], blocks=True)
+    it.step(app1, "commit")
+    it.result(delete)
+    assert one(conn, "select sync_to_contact from users where id = %s", [uid]) is False  # (it was deleted)
+    assert one(conn, "select count(*) from usersync.links_1 where user_id = %s", [uid]) == 0
+    _settle(conn)

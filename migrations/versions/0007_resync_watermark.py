@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "48316d104ef8d5cd9525817c42b004b06bb93662f44f2e7bbcb922c93c86121f"
+SHA256 = "cdbca634cc8e1a3e1c55bde80bde69708f956ea8591d4f5c07342625aad7f15e"
 
 
 def upgrade() -> None:

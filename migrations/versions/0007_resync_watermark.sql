@@ -2340,9 +2340,12 @@ begin
     delete from @LINKS@ l
      where l.user_id = any(p_user_ids) and not exists (select from @C@ c where c.@CK@ = l.contact_id);
     -- Re-enabling the switch re-links the contact the user had before (never a duplicate),
-    -- with the user as the source again: that is what the switch means.
+    -- with the user as the source again: that is what the switch means. The switch is read
+    -- again from the user locked above: sync_users read it from its snapshot, and a user switched
+    -- off meanwhile (its link ended by its trigger) keeps its link ended.
     update @LINKS@ l set active = true, source = 'user'
-     where l.user_id = any(p_user_ids) and not l.active;
+     where l.user_id = any(p_user_ids) and not l.active
+       and exists (select from @U@ u where u.@UK@ = l.user_id and u.@SW@);
     -- A shared key: a contact that already has the user's key is the user's contact (linked,
     -- never duplicated), unless it belongs to another user of the pair.
     if @SHARED@ then
@@ -2447,6 +2450,12 @@ begin
             perform usersync._lost_write(@U_REL@, 'read', pg_catalog.cardinality(unknown), 0);
         end if;
     end if;
+    -- Those links locked first, and the users read again below: a user inserted meanwhile with
+    -- a gone user's key (its trigger took the link over) keeps its link, and gets no second contact.
+    perform from @LINKS@ l
+     where (p_user_ids is null or l.user_id = any(p_user_ids))
+       and not exists (select from @U@ u where u.@UK@ = l.user_id)
+     order by l.user_id for update;
     with gone as (
         delete from @LINKS@ l
          where (p_user_ids is null or l.user_id = any(p_user_ids))
@@ -2971,9 +2980,14 @@ begin
         return null;
     end if;
     -- A reversed pair's user (written below) before its link: the application may be writing
-    -- that user (its switch) and then take the link.
+    -- that user (its switch) and then take the link. The link is read again under that lock: a
+    -- user switched off meanwhile ended the pair, and is not deleted with its former contact.
     if l.active and l.source = 'contact' then
         perform from @U@ u where u.@UK@ = l.user_id for update;
+        select * into l from @LINKS@ where contact_id = old.@CK@;
+        if not found then
+            return null;
+        end if;
     end if;
     delete from @LINKS@ where user_id = l.user_id;
     if @ANY_FAILURE@ then
