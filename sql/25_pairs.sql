@@ -606,6 +606,10 @@ begin
     end if;
     a := usersync._pair(detach.pair);
     perform usersync._lock_config_exclusive();
+    -- The pair's tables before any row: dropping their triggers waits for the application's open
+    -- transactions, whose triggers still run and may delete a row the catalog's cascade below
+    -- deletes (a failure in sync_errors that a user's fix ends): a cycle, 40P01.
+    execute pg_catalog.format('lock table %s, %s in access exclusive mode', a.users, a.contacts);
     -- The pair's triggers, recognised by the functions they call (whatever their names).
     triggers := array(select pg_catalog.format('drop trigger %I on %s', tg.tgname, tg.tgrelid::pg_catalog.regclass)
                         from pg_catalog.pg_trigger tg join pg_catalog.pg_proc p on p.oid = tg.tgfoid

@@ -861,11 +861,19 @@ begin
     if not found then
         return null;
     end if;
-    -- A reversed pair's user (written below) before its link: the application may be writing
-    -- that user (its switch) and then take the link. The link is read again under that lock: a
-    -- user switched off meanwhile ended the pair, and is not deleted with its former contact.
-    if l.active and l.source = 'contact' then
-        perform from @U@ u where u.@UK@ = l.user_id for update;
+    -- The pair's user before its link, as every writer of a link takes them: a reversed pair's
+    -- user (written below), which the application may be writing (its switch) before it takes
+    -- the link; a remembered contact's user too (KEY SHARE: nothing is written to it), since
+    -- TRUNCATE of the users takes their table, then every link. The link is read again under
+    -- that lock: a user switched off meanwhile ended the pair, and is not deleted with its
+    -- former contact. (An active user-sourced link gets here only through its user's own
+    -- delete, a foreign key's ON DELETE CASCADE, which holds that user: no probe per row.)
+    if not l.active or l.source = 'contact' then
+        if l.active then
+            perform from @U@ u where u.@UK@ = l.user_id for update;
+        else
+            perform from @U@ u where u.@UK@ = l.user_id for key share;
+        end if;
         select * into l from @LINKS@ where contact_id = old.@CK@;
         if not found then
             return null;

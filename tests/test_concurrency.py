@@ -572,3 +572,50 @@ def test_deleting_a_reversed_contact_spares_a_user_switched_off_while_it_waited(
     assert one(conn, "select sync_to_contact from users where id = %s", [uid]) is False  # (it was deleted)
     assert one(conn, "select count(*) from usersync.links_1 where user_id = %s", [uid]) == 0
     _settle(conn)
+
+
+# detach deleted the pair's catalog rows (sync_errors among them, by cascade) before it waited to
+# drop the triggers on the tables: an application's open transaction whose next write ended a
+# failure (a user's fix deletes its sync_errors row) waited for detach, detach for its table lock:
+# 40P01. detach now locks the tables first.
+@pytest.mark.guard  # (its ALTER TABLE regenerates the code)
+def test_detaching_waits_for_an_open_transaction_that_fixes_a_failed_pair_and_does_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a")
+    other = add_user(conn, "b")
+    conn.execute("alter table contacts add column short_title varchar(3)")
+    conn.execute("update users set academic_title = 'Professor' where id = %s", [uid])
+    conn.execute("insert into usersync.field_mapping values ('academic_title', 'short_title')")
+    conn.execute("call usersync.resync_all()")
+    assert one(conn, "select count(*) from usersync.sync_errors") == 1
+    cid = contact_id(conn, uid)
+    it, (app, owner) = sessions("app", "owner")
+    it.step(app, "begin")
+    it.step(app, "update users set first_name = 'x' where id = %s", [other])
+    detach = it.step(owner, "select usersync.detach('contacts')", blocks=True)
+    it.step(app, "update users set academic_title = 'Pr' where id = %s", [uid])  # (it waited: 40P01)
+    it.step(app, "commit")
+    it.result(detach)
+    assert contact(conn, cid)["short_title"] == "Pr"
+    assert one(conn, "select count(*) from usersync.pairs") == 0
+
+
+# Deleting a remembered contact (its user switched off) forgot its link without locking the user;
+# TRUNCATE of the users locks their table, then deletes every link: an application that deleted
+# such a contact and then wrote a user met the TRUNCATE in a cycle (40P01). The contact's delete
+# now takes its user (KEY SHARE) before the link, as every other writer of a link does.
+def test_truncating_the_users_and_deleting_a_remembered_contact_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a")
+    other = add_user(conn, "b")
+    cid = contact_id(conn, uid)
+    conn.execute("update users set sync_to_contact = false where id = %s", [uid])  # an ordinary contact now
+    it, (app, owner) = sessions("app", "owner")
+    it.step(app, "begin")
+    it.step(app, "delete from contacts where id = %s", [cid])
+    truncate = it.step(owner, "truncate users", blocks=True)
+    it.step(app, "update users set first_name = 'x' where id = %s", [other])  # (it was 40P01, or the TRUNCATE's)
+    it.step(app, "commit")
+    it.result(truncate)
+    assert one(conn, "select count(*) from users") == 0
+    assert one(conn, "select count(*) from usersync.links_1") == 0
+    assert one(conn, "select count(*) from contacts") == 1  # (the other's, unlinked: no toggle)
+    _settle(conn)

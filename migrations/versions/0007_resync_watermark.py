@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "cdbca634cc8e1a3e1c55bde80bde69708f956ea8591d4f5c07342625aad7f15e"
+SHA256 = "9d2745160351cf5ea17659fc613eb345844c0fa59a5b4ec9fa7690bd3959b3b6"
 
 
 def upgrade() -> None:

@@ -1018,6 +1018,10 @@ begin
     end if;
     a := usersync._pair(detach.pair);
     perform usersync._lock_config_exclusive();
+    -- The pair's tables before any row: dropping their triggers waits for the application's open
+    -- transactions, whose triggers still run and may delete a row the catalog's cascade below
+    -- deletes (a failure in sync_errors that a user's fix ends): a cycle, 40P01.
+    execute pg_catalog.format('lock table %s, %s in access exclusive mode', a.users, a.contacts);
     -- The pair's triggers, recognised by the functions they call (whatever their names).
     triggers := array(select pg_catalog.format('drop trigger %I on %s', tg.tgname, tg.tgrelid::pg_catalog.regclass)
                         from pg_catalog.pg_trigger tg join pg_catalog.pg_proc p on p.oid = tg.tgfoid
@@ -2979,11 +2983,19 @@ begin
     if not found then
         return null;
     end if;
-    -- A reversed pair's user (written below) before its link: the application may be writing
-    -- that user (its switch) and then take the link. The link is read again under that lock: a
-    -- user switched off meanwhile ended the pair, and is not deleted with its former contact.
-    if l.active and l.source = 'contact' then
-        perform from @U@ u where u.@UK@ = l.user_id for update;
+    -- The pair's user before its link, as every writer of a link takes them: a reversed pair's
+    -- user (written below), which the application may be writing (its switch) before it takes
+    -- the link; a remembered contact's user too (KEY SHARE: nothing is written to it), since
+    -- TRUNCATE of the users takes their table, then every link. The link is read again under
+    -- that lock: a user switched off meanwhile ended the pair, and is not deleted with its
+    -- former contact. (An active user-sourced link gets here only through its user's own
+    -- delete, a foreign key's ON DELETE CASCADE, which holds that user: no probe per row.)
+    if not l.active or l.source = 'contact' then
+        if l.active then
+            perform from @U@ u where u.@UK@ = l.user_id for update;
+        else
+            perform from @U@ u where u.@UK@ = l.user_id for key share;
+        end if;
         select * into l from @LINKS@ where contact_id = old.@CK@;
         if not found then
             return null;
