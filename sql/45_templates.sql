@@ -789,6 +789,13 @@ begin
             hint = 'Keep the key, or delete the contact and insert it again with the new key.';
     end if;
     if @HAS_MAP@ and @C_CHANGED@ then
+        -- The user (this pair's target) before its link, read again under that lock: a user
+        -- switched off while this waited for it ended the pair, and its fields are its own again.
+        perform from @U@ u where u.@UK@ = l.user_id for no key update;
+        select * into l from @LINKS@ x where x.contact_id = old.@CK@ and x.active and x.source = 'contact';
+        if not found then
+            return null;
+        end if;
         @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
         get diagnostics written = row_count;

@@ -619,3 +619,43 @@ def test_truncating_the_users_and_deleting_a_remembered_contact_do_not_deadlock(
     assert one(conn, "select count(*) from usersync.links_1") == 0
     assert one(conn, "select count(*) from contacts") == 1  # (the other's, unlinked: no toggle)
     _settle(conn)
+
+
+# A mapping change on a pair with no link it can see marks every pair up to date at once
+# (synced_version). A user inserted meanwhile by an open transaction, synced with the code of the
+# mapping before, is a pair it cannot see: once committed that pair read stale while the pair's
+# status said all up to date, and the user's next write, which brings its contact to the new
+# mapping, did not stamp it (the set-based path trusts synced_version), so it stayed stale.
+def test_a_mapping_change_beside_the_first_users_insert_does_not_report_its_pair_up_to_date(sessions, conn):
+    it, (app, admin) = sessions("app", "admin")
+    it.step(app, "begin")
+    it.step(app, "insert into users (login, academic_title, sync_to_contact) values ('first', 'Dr', true)")
+    it.step(admin, "insert into usersync.field_mapping values ('academic_title', 'title')")
+    it.step(app, "commit")
+    stale = one(conn, "select count(*) from usersync.synchronized_contacts where not up_to_date")
+    assert one(conn, "select all_up_to_date from usersync.pairs") is (stale == 0)
+    conn.execute("update users set academic_title = 'Prof' where login = 'first'")  # a later write
+    assert mismatches(conn) == []
+    assert one(conn, "select bool_and(up_to_date) from usersync.synchronized_contacts") is True
+    _settle(conn)
+
+
+# A reversed contact's edit writes its user through the link it read before it waited for that
+# user. A user switched off meanwhile (the pair ended), then given its own value by the same
+# transaction (an ordinary field again), lost that value to the contact's edit once it committed:
+# in either serial order the user keeps it. The link is now read again once the user is locked.
+def test_a_reversed_contact_edit_spares_a_user_switched_off_and_edited_while_it_waited(sessions, conn):
+    uid = add_user(conn, "a", first_name="old")
+    cid = contact_id(conn, uid)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    it, (app1, app2) = sessions("app", "app")
+    it.step(app1, "begin")
+    it.step(app1, "update users set sync_to_contact = false where id = %s", [uid])
+    edit = it.step(app2, "update contacts set first_name = 'from contact' where id = %s", [cid], blocks=True)
+    it.step(app1, "update users set first_name = 'own' where id = %s", [uid])  # (no longer synchronized)
+    it.step(app1, "commit")
+    it.result(edit)
+    assert one(conn, "select first_name from users where id = %s", [uid]) == "own"
+    assert contact(conn, cid)["first_name"] == "from contact"
+    assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is False
+    _settle(conn)

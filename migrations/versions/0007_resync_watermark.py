@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "9d2745160351cf5ea17659fc613eb345844c0fa59a5b4ec9fa7690bd3959b3b6"
+SHA256 = "d4c9760e181f43add17353c597ec922052852d90e6317477b2f79a5737e349a8"
 
 
 def upgrade() -> None:

@@ -1187,6 +1187,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     p record;
+    quiet boolean;
 begin
     perform usersync._lock_config_exclusive();
     for p in select s.pair, x.current
@@ -1198,9 +1199,21 @@ begin
         -- (a pair whose mapping the statement left as it was becomes no staler)
         update usersync.mapping_state s set version = s.version + 1, changed_at = pg_catalog.now(), mapping = p.current
          where s.pair = p.pair;
-        -- With no linked user at all, nothing can be stale.
+        -- With no linked user at all, nothing can be stale. Asked once no transaction is open
+        -- that wrote the users (its trigger ran the code of the mapping before, and may have made
+        -- a link this cannot see, stale once committed): their table in SHARE mode, NOWAIT, then
+        -- the links read again. Taken, later writers wait for this change and run its code; not
+        -- taken, a pair may be stale, and writes stamp the pairs they rewrite until a resync.
         if usersync._pair_is_empty(p.pair) then
-            update usersync.mapping_state s set synced_version = s.version where s.pair = p.pair;
+            begin
+                execute pg_catalog.format('lock table %s in share mode nowait', (usersync._pair(p.pair)).users);
+                quiet := true;
+            exception when lock_not_available then
+                quiet := false;
+            end;
+            if quiet and usersync._pair_is_empty(p.pair) then
+                update usersync.mapping_state s set synced_version = s.version where s.pair = p.pair;
+            end if;
         end if;
         perform usersync._generate(p.pair);
     end loop;
@@ -2911,6 +2924,13 @@ begin
             hint = 'Keep the key, or delete the contact and insert it again with the new key.';
     end if;
     if @HAS_MAP@ and @C_CHANGED@ then
+        -- The user (this pair's target) before its link, read again under that lock: a user
+        -- switched off while this waited for it ended the pair, and its fields are its own again.
+        perform from @U@ u where u.@UK@ = l.user_id for no key update;
+        select * into l from @LINKS@ x where x.contact_id = old.@CK@ and x.active and x.source = 'contact';
+        if not found then
+            return null;
+        end if;
         @TRY@
         update @U@ u set (@U_COLS@) = row(@U_IMG_NEW@) where u.@UK@ = l.user_id;
         get diagnostics written = row_count;
