@@ -659,3 +659,19 @@ def test_a_reversed_contact_edit_spares_a_user_switched_off_and_edited_while_it_
     assert contact(conn, cid)["first_name"] == "from contact"
     assert one(conn, "select active from usersync.links_1 where user_id = %s", [uid]) is False
     _settle(conn)
+
+
+# doctor took the pair's generation lock, then (to compare the code) the configuration lock in
+# SHARE mode; a configuration change holds that lock, EXCLUSIVE, and generates the pair's code
+# under it: a transaction that reversed a pair and then changed the mapping met a doctor (a
+# `usersync status`) between the two in a cycle, 40P01. doctor now takes them in that order too.
+def test_doctor_and_a_configuration_change_that_generates_code_do_not_deadlock(sessions, conn):
+    uid = add_user(conn, "a", academic_title="Dr")
+    it, (admin, monitor) = sessions("admin", "admin")
+    it.step(admin, "begin")
+    it.step(admin, "select usersync.set_sync_source(%s, 'contact')", [uid])
+    doctor = it.step(monitor, "select count(*) from usersync.doctor()", blocks=True)
+    it.step(admin, "insert into usersync.field_mapping values ('academic_title', 'title')")
+    it.step(admin, "commit")
+    assert it.result(doctor) == [(0,)]
+    _settle(conn)

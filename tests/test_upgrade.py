@@ -203,3 +203,28 @@ def test_upgrading_0006_after_a_run_with_failures_marks_them_and_drops_those_syn
         assert one(conn, "select array_agg(user_id order by user_id) from usersync.sync_errors") == ["2"]
         counts = admin.status(conn)
         assert (counts["failed"], counts["stale"], counts["up_to_date"]) == (1, 0, 4)
+
+
+def test_upgrading_0006_during_a_run_keeps_stale_a_pair_an_open_transaction_wrote_under_the_mapping_before(
+        new_database: Callable[[], Database]):
+    """A transaction open across a mapping change, a run's batch and the upgrade: its user, synced
+    with the code of the mapping before, is committed after the upgrade, behind the run's cursor.
+    Its pair must not read up to date (0006 said so by its stamp; 0007 would by the cursor)."""
+    db = new_database()
+    migrate.upgrade(db, "0006")
+    with psycopg.connect(db.conninfo, autocommit=True) as conn, \
+            psycopg.connect(db.conninfo, autocommit=True) as app:
+        examples.create_and_attach(conn)
+        conn.execute("insert into users (login, academic_title, sync_to_contact)"
+                     " select 'u' || g, 'Dr', true from generate_series(1, 2) g")
+        app.execute("begin")
+        app.execute("insert into users (login, academic_title, sync_to_contact) values ('late', 'Dr', true)")
+        conn.execute("insert into users (login, academic_title, sync_to_contact) values ('u4', 'Dr', true)")
+        conn.execute("insert into usersync.field_mapping values ('academic_title', 'title')")
+        assert one(conn, "select done from usersync.resync_step(100)") is False  # went past 1, 2 and 4
+        migrate.upgrade(db)
+        app.execute("commit")  # user 3, synced without its title
+        read = "select user_id::bigint, up_to_date from usersync.synchronized_contacts where user_id::bigint = any(%s)"
+        assert conn.execute(read, [[uid for uid, _, _ in mismatches(conn)]]).fetchall() == [(3, False)]
+        conn.execute("call usersync.resync_all()")  # (the run starts over: the upgrade restarts it)
+        assert mismatches(conn) == []

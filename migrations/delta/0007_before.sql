@@ -45,5 +45,12 @@ begin
             ' where e.pair = %L and l.user_id = e.user_id::%s',
             links, a.pair, ukt);
     end loop;
+    -- A run in progress starts over, as on a mapping change, so that 0007's first batch waits
+    -- for the transactions still open (usersync._await_writers): a link one of them made under
+    -- the mapping before, invisible above and behind the cursor once it commits, would otherwise
+    -- count as gone past. (0006 did not wait; the links the run stamped stay up to date.)
+    update usersync.resync_state r set mapping_version = 0
+      from usersync.mapping_state s
+     where r.pair = s.pair and r.finished_at is null and r.mapping_version = s.version;
 end
 $before$;

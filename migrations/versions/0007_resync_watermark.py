@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "d4c9760e181f43add17353c597ec922052852d90e6317477b2f79a5737e349a8"
+SHA256 = "4463b0a76182530d301ec4017b01a4154c7420c96cdcf155fb6228a35dde1450"
 
 
 def upgrade() -> None:

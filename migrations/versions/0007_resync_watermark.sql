@@ -45,6 +45,13 @@ begin
             ' where e.pair = %L and l.user_id = e.user_id::%s',
             links, a.pair, ukt);
     end loop;
+    -- A run in progress starts over, as on a mapping change, so that 0007's first batch waits
+    -- for the transactions still open (usersync._await_writers): a link one of them made under
+    -- the mapping before, invisible above and behind the cursor once it commits, would otherwise
+    -- count as gone past. (0006 did not wait; the links the run stamped stay up to date.)
+    update usersync.resync_state r set mapping_version = 0
+      from usersync.mapping_state s
+     where r.pair = s.pair and r.finished_at is null and r.mapping_version = s.version;
 end
 $before$;
 -- 00_schema.sql: the usersync schema and the roles the engine relies on.
@@ -4682,17 +4689,20 @@ begin
         -- Generated code that no longer matches the tables and the mapping (a change made while
         -- the guard was off): generate it again in a subtransaction, compare, roll back.
         -- (after any generation of the pair in flight has committed: a resync run finishing
-        -- generates it again, and the code read before it would differ from the code made after)
-        perform usersync._lock_generation(a.id);
+        -- generates it again, and the code read before it would differ from the code made after;
+        -- the configuration lock before the generation lock, as a change that generates takes them)
         code_query := pg_catalog.format(
             'select pg_catalog.md5(pg_catalog.string_agg(p.proname || p.prosrc || coalesce(p.proconfig::text, ''''), '''' order by p.proname))'
             ' from pg_catalog.pg_proc p where p.pronamespace = ''usersync''::pg_catalog.regnamespace and p.proname like %L',
             '\_g' || a.id || '\_%');
-        execute code_query into before_code;
+        before_code := null;
+        after_code := null;
         begin
             -- (beside a mapping change, not across it; on a standby or in a read-only transaction
             -- the comparison cannot be made and is skipped)
             lock table usersync.config_lock in share mode;
+            perform usersync._lock_generation(a.id);
+            execute code_query into before_code;
             perform usersync._generate(a.pair);
             execute code_query into after_code;
             raise sqlstate 'USX00';
