@@ -10,6 +10,13 @@ from helpers import add_user, contact, contact_id, mismatches, one, raises_sqlst
 import harness
 
 
+def _reversed_user(conn: psycopg.Connection, **fields: object) -> tuple[int, int]:
+    """A synchronized user whose pair is reversed (its contact the source): its key and its contact's."""
+    uid = add_user(conn, "a", **fields)
+    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    return uid, contact_id(conn, uid)
+
+
 def _settle(conn: psycopg.Connection) -> None:
     """After a scenario: every up-to-date pair is the image of its source; a resync fixes the rest."""
     assert mismatches(conn) == [] or one(conn, "select count(*) from usersync.synchronized_contacts"
@@ -175,9 +182,7 @@ def test_deleting_a_user_and_its_contact_at_once_leaves_no_orphan(sessions, conn
 def test_deleting_both_ends_of_a_reversed_pair_at_once_leaves_no_orphan(sessions, conn, toggles):
     conn.execute("update usersync.settings set delete_contact_with_user = %s, delete_user_with_contact = %s",
                  [toggles, toggles])
-    uid = add_user(conn, "a")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn)
     it, (s1, s2) = sessions("app", "app")
     it.step(s1, "begin")
     it.step(s1, "delete from contacts where id = %s", [cid])
@@ -230,9 +235,7 @@ def test_reversing_a_pair_while_its_user_is_edited_waits_and_stays_consistent(se
 
 
 def test_restoring_a_pair_while_its_contact_is_edited_waits_and_stays_consistent(sessions, conn):
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app, admin) = sessions("app", "admin")
     it.step(app, "begin")
     it.step(app, "update contacts set first_name = 'from contact' where id = %s", [cid])
@@ -245,9 +248,7 @@ def test_restoring_a_pair_while_its_contact_is_edited_waits_and_stays_consistent
 
 
 def test_a_reversed_contact_edit_and_a_resync_batch_do_not_deadlock(sessions, conn):
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app, admin) = sessions("app", "admin")
     it.step(app, "begin")
     it.step(app, "update contacts set first_name = 'new' where id = %s", [cid])
@@ -263,9 +264,7 @@ def test_a_failed_reversed_pairs_contact_fix_and_a_rerun_batch_do_not_deadlock(s
     # The batch stamps the link the last run marked failed, the fix stamps it too: both take the
     # contact (the source) before the link.
     conn.execute("alter table users add column nick varchar(3)")
-    uid = add_user(conn, "a")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn)
     conn.execute("update contacts set title = 'Professor' where id = %s", [cid])
     conn.execute("insert into usersync.field_mapping values ('nick', 'title')")
     conn.execute("call usersync.resync_all()")
@@ -283,9 +282,7 @@ def test_a_failed_reversed_pairs_contact_fix_and_a_rerun_batch_do_not_deadlock(s
 
 
 def test_a_reversed_contact_edit_and_sync_users_do_not_deadlock(sessions, conn):
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app, admin) = sessions("app", "admin")
     it.step(app, "begin")
     it.step(app, "select from contacts where id = %s for update", [cid])
@@ -331,9 +328,7 @@ def test_a_sync_and_a_reversed_user_switched_off_do_not_deadlock(sessions, conn,
 
 
 def test_deleting_a_reversed_contact_and_switching_its_user_off_do_not_deadlock(sessions, conn):
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app1, app2) = sessions("app", "app")
     it.step(app1, "begin")
     it.step(app1, "select from users where id = %s for update", [uid])
@@ -560,9 +555,7 @@ def test_sync_users_does_not_forget_the_link_of_a_user_inserted_again_with_a_gon
 # pair ended, the contact an ordinary one by then) was deleted once the switch-off committed.
 def test_deleting_a_reversed_contact_spares_a_user_switched_off_while_it_waited(sessions, conn):
     conn.execute("update usersync.settings set delete_user_with_contact = true")
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app1, app2) = sessions("app", "app")
     it.step(app1, "begin")
     it.step(app1, "update users set sync_to_contact = false where id = %s", [uid])
@@ -645,9 +638,7 @@ def test_a_mapping_change_beside_the_first_users_insert_does_not_report_its_pair
 # transaction (an ordinary field again), lost that value to the contact's edit once it committed:
 # in either serial order the user keeps it. The link is now read again once the user is locked.
 def test_a_reversed_contact_edit_spares_a_user_switched_off_and_edited_while_it_waited(sessions, conn):
-    uid = add_user(conn, "a", first_name="old")
-    cid = contact_id(conn, uid)
-    conn.execute("select usersync.set_sync_source(%s, 'contact')", [uid])
+    uid, cid = _reversed_user(conn, first_name="old")
     it, (app1, app2) = sessions("app", "app")
     it.step(app1, "begin")
     it.step(app1, "update users set sync_to_contact = false where id = %s", [uid])
