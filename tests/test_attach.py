@@ -193,6 +193,19 @@ def test_a_users_table_with_a_reversed_pair_cannot_feed_a_second_pair(conn, app_
 
 # --- detach and the empty database ---------------------------------------------------------------
 
+# detach locks both tables before it drops their triggers; a table dropped while the DDL guard was
+# off (a superuser disabled its event triggers) is no table to lock: detach still removes the pair
+# (it was 42601, "lock table 12345, public.contacts": a dropped table's regclass is its number).
+def test_detach_removes_a_pair_whose_users_table_was_dropped_while_the_guard_was_off(conn):
+    for (name,) in conn.execute("select evtname from pg_event_trigger where evtname like 'usersync%'").fetchall():
+        conn.execute(f'alter event trigger "{name}" disable')
+    conn.execute("drop table users cascade")
+    conn.execute("select usersync.detach('contacts')")
+    assert one(conn, "select count(*) from usersync.attachments") == 0
+    assert one(conn, "select count(*) from pg_trigger where tgrelid = 'public.contacts'::regclass"
+                     " and tgname like 'usersync%%'") == 0
+
+
 def test_detach_keeps_both_tables_and_every_row_and_a_reattach_works(conn, app_conn):
     uid = add_user(app_conn, "a", first_name="Ann")
     rows = (conn.execute("select * from users order by id").fetchall(),

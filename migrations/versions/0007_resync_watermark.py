@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "4463b0a76182530d301ec4017b01a4154c7420c96cdcf155fb6228a35dde1450"
+SHA256 = "591a4be8f1ee42d92460151834fca1b16163c0ad18d5de94c6519af63433f28b"
 
 
 def upgrade() -> None:

@@ -1028,7 +1028,11 @@ begin
     -- The pair's tables before any row: dropping their triggers waits for the application's open
     -- transactions, whose triggers still run and may delete a row the catalog's cascade below
     -- deletes (a failure in sync_errors that a user's fix ends): a cycle, 40P01.
-    execute pg_catalog.format('lock table %s, %s in access exclusive mode', a.users, a.contacts);
+    -- (users, then contacts; a table dropped while the DDL guard was off is left out)
+    for t in select x.rel from (values (1, a.users), (2, a.contacts)) x(n, rel)
+               join pg_catalog.pg_class c on c.oid = x.rel order by x.n loop
+        execute pg_catalog.format('lock table %s in access exclusive mode', t.rel);
+    end loop;
     -- The pair's triggers, recognised by the functions they call (whatever their names).
     triggers := array(select pg_catalog.format('drop trigger %I on %s', tg.tgname, tg.tgrelid::pg_catalog.regclass)
                         from pg_catalog.pg_trigger tg join pg_catalog.pg_proc p on p.oid = tg.tgfoid
