@@ -112,7 +112,6 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     p record;
-    quiet boolean;
 begin
     perform usersync._lock_config_exclusive();
     for p in select s.pair, x.current
@@ -132,13 +131,12 @@ begin
         if usersync._pair_is_empty(p.pair) then
             begin
                 execute pg_catalog.format('lock table %s in share mode nowait', (usersync._pair(p.pair)).users);
-                quiet := true;
+                if usersync._pair_is_empty(p.pair) then
+                    update usersync.mapping_state s set synced_version = s.version where s.pair = p.pair;
+                end if;
             exception when lock_not_available then
-                quiet := false;
+                null;
             end;
-            if quiet and usersync._pair_is_empty(p.pair) then
-                update usersync.mapping_state s set synced_version = s.version where s.pair = p.pair;
-            end if;
         end if;
         perform usersync._generate(p.pair);
     end loop;

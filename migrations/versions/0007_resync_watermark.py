@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHA256 = "591a4be8f1ee42d92460151834fca1b16163c0ad18d5de94c6519af63433f28b"
+SHA256 = "283cebfa1d3b5563306bc1a1b4bc15e6f97de7794cb8abd83a3faa357673f9fb"
 
 
 def upgrade() -> None:
